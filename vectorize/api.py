@@ -1,0 +1,181 @@
+"""The HTTP shim: parse the request, call one domain function, serialise the answer.
+
+Every error leaves as ``{"error": ...}`` JSON, including malformed JSON, unknown
+routes, wrong methods, oversized bodies and a database that is away.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from aiohttp import web
+
+from . import jobs, search
+from .config import Settings
+from .errors import UserError
+from .models import EncoderCache
+from .queries import query
+
+log = logging.getLogger(__name__)
+
+POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool)
+ENCODERS = web.AppKey("encoders", EncoderCache)
+SETTINGS = web.AppKey("settings", Settings)
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except UserError as exc:
+        return _error(exc.status, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].max_body_bytes
+        return _error(413, f"request body is larger than the limit of {limit} bytes")
+    except web.HTTPMethodNotAllowed as exc:
+        return _error(405, f"method {request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}")
+    except web.HTTPNotFound:
+        return _error(404, f"no route {request.method} {request.path}; see the README for the API")
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        log.warning("event=database_unavailable path=%s error=%s", request.path, type(exc).__name__)
+        return _error(503, "the database is unavailable; retry shortly")
+    except Exception:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("event=internal_error request=%s path=%s", request_id, request.path)
+        return _error(500, f"internal error; see the server log for request {request_id}")
+
+
+def auth_middleware(token: str | None) -> Any:
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is None or request.path == "/health/live":
+            return await handler(request)
+        supplied = request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+            return _error(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <VECTORIZE_API_TOKEN>'")
+        return await handler(request)
+
+    return check_token
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+async def create_table(request: web.Request) -> web.Response:
+    definition = jobs.parse_job_definition(await _json_body(request))
+    job_id = await jobs.create_job(request.app[POOL], definition)
+    return web.json_response({"id": job_id})
+
+
+async def delete_table(request: web.Request) -> web.Response:
+    job_name = request.match_info["job_name"]
+    await jobs.delete_job(request.app[POOL], job_name)
+    return web.json_response({"job_name": job_name, "message": f"job {job_name} and its embeddings were deleted"})
+
+
+def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
+    job_name = params.pop("job_name", None)
+    text = params.pop("query", None)
+    limit = search.parse_limit(params.pop("limit", None))
+    if not isinstance(job_name, str) or not job_name:
+        raise UserError(400, "job_name is required: the job to search")
+    if not isinstance(text, str) or not text:
+        raise UserError(400, "query is required: the text to search for")
+    return job_name, text, limit, params
+
+
+async def search_get(request: web.Request) -> web.Response:
+    params: dict[str, Any] = {}
+    for key, value in request.query.items():
+        if key in params:
+            raise UserError(400, f"query parameter {key!r} is given more than once")
+        params[key] = value
+    job_name, text, limit, filters = _search_args(params)
+    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters)
+    return web.json_response(results)
+
+
+async def search_post(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
+    unknown = sorted(set(body) - {"job_name", "query", "limit", "filters"})
+    if unknown:
+        raise UserError(400, f"unknown field {unknown[0]!r}; search takes job_name, query, limit and filters")
+    filters = body.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise UserError(400, "filters must be a JSON object of column: value or column: \"op.value\"")
+    job_name, text, limit, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
+    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters)
+    return web.json_response(results)
+
+
+async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
+    try:
+        async with pool.connection(timeout=2) as conn:
+            await conn.execute(query("ping"))
+        return True
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        return False
+
+
+async def health(request: web.Request) -> web.Response:
+    database = await _database_ok(request.app[POOL])
+    body = {"status": "ok" if database else "degraded", "database": database}
+    return web.json_response(body, status=200 if database else 503)
+
+
+async def health_live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    database = await _database_ok(request.app[POOL])
+    model = True
+    try:
+        request.app[ENCODERS].get(DEFAULT_MODEL)
+    except Exception:  # the model failed to load: not ready
+        model = False
+    ready = database and model
+    return web.json_response({"status": "ready" if ready else "not ready", "database": database, "model": model}, status=200 if ready else 503)
+
+
+def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, encoders: EncoderCache) -> web.Application:
+    """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(settings.api_token)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[POOL] = pool
+    app[ENCODERS] = encoders
+    app[SETTINGS] = settings
+    app.router.add_post("/api/v1/table", create_table)
+    app.router.add_delete("/api/v1/table/{job_name}", delete_table)
+    app.router.add_get("/api/v1/search", search_get)
+    app.router.add_post("/api/v1/search", search_post)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/live", health_live)
+    app.router.add_get("/health/ready", health_ready)
+    return app

@@ -1,0 +1,67 @@
+"""One settings object: flags override environment, environment overrides defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import platformdirs
+
+from .paths import MODELS_DIR
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("vectorize"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: PostgreSQL URL; None means "start the embedded server under data_dir".
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=_default_data_dir)
+    models_dir: Path = MODELS_DIR
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: When set, every endpoint but /health/live needs "Authorization: Bearer <token>".
+    api_token: str | None = None
+    #: Rows claimed per worker transaction.
+    batch_size: int = 64
+    #: Seconds between fallback polls when no notification arrives.
+    poll_interval: float = 5.0
+    #: Inference threads (default: every core).
+    threads: int | None = None
+    log_level: str = "INFO"
+    max_body_bytes: int = 1 << 20
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``DATABASE_URL`` and ``VECTORIZE_*``; keyword overrides (from flags) win."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        if env.get("DATABASE_URL"):
+            values["database_url"] = env["DATABASE_URL"]
+        for f in fields(cls):
+            raw = env.get(f"VECTORIZE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _parse(name: str, raw: str) -> object:
+    kinds: dict[str, type] = {
+        "data_dir": Path,
+        "models_dir": Path,
+        "port": int,
+        "batch_size": int,
+        "poll_interval": float,
+        "threads": int,
+        "max_body_bytes": int,
+    }
+    kind = kinds.get(name, str)
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"VECTORIZE_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

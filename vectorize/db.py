@@ -1,0 +1,91 @@
+"""Connections and schema: pgvector check, migrations, connection pool factory."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from pgvector.psycopg import register_vector, register_vector_async
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .queries import migration_files, query
+
+log = logging.getLogger(__name__)
+
+
+class PgvectorMissing(RuntimeError):
+    """The server has no pgvector; the message says how to install it."""
+
+
+PGVECTOR_HELP = (
+    "the pgvector extension is not available on this PostgreSQL server. Install it "
+    "(Debian/Ubuntu: apt install postgresql-<version>-pgvector; Docker: the pgvector/pgvector image; "
+    "see https://github.com/pgvector/pgvector#installation), or unset DATABASE_URL to use "
+    "vectorize's embedded PostgreSQL, which ships with pgvector"
+)
+
+
+def ensure_pgvector(conn: psycopg.Connection) -> None:
+    row = conn.execute(query("pgvector_available")).fetchone()
+    assert row is not None
+    available, installed = row
+    if installed:
+        return
+    if not available:
+        raise PgvectorMissing(PGVECTOR_HELP)
+    try:
+        conn.execute(query("create_pgvector"))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PgvectorMissing(
+            "pgvector is installed on the server but not enabled in this database, and this role may not "
+            "enable it: run CREATE EXTENSION vector; once as a superuser"
+        ) from exc
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply every migration not yet recorded, in order, in one transaction; returns the new ones."""
+    with psycopg.connect(database_url) as conn:
+        ensure_pgvector(conn)
+        conn.commit()
+        with conn.transaction():
+            conn.execute(query("lock_migrations"))
+            conn.execute(query("create_migrations_table"))
+            done = {row[0] for row in conn.execute(query("applied_migrations"))}
+            applied = []
+            for name, body in migration_files():
+                if name in done:
+                    continue
+                conn.execute(body.encode())  # type: ignore[call-overload]
+                conn.execute(query("record_migration"), {"name": name})
+                applied.append(name)
+    for name in applied:
+        log.info("event=migration_applied name=%s", name)
+    return applied
+
+
+def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    conn = psycopg.connect(database_url, autocommit=autocommit, row_factory=dict_row)
+    register_vector(conn)
+    return conn
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    await register_vector_async(conn)
+    # Keep the pool's idle connections out of a transaction.
+    await conn.set_autocommit(True)
+
+
+def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 4, name: str = "vectorize") -> AsyncConnectionPool:
+    """A pool that reconnects by itself after a server restart (checked before each use)."""
+    return AsyncConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row},
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name=name,
+        reconnect_timeout=3600,
+    )

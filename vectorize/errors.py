@@ -1,0 +1,36 @@
+"""Errors a user can fix, and how database errors become them.
+
+The database raises our own SQLSTATEs (see sql/0002_jobs.sql); this is the one
+place that knows which HTTP status each one means.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+SQLSTATE_STATUS = {
+    "VZ400": 400,
+    "VZ404": 404,
+    "VZ409": 409,
+    "42501": 403,  # insufficient_privilege
+}
+
+
+class UserError(Exception):
+    """A request that cannot succeed as written; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def from_database(exc: psycopg.Error) -> UserError | None:
+    """The user-facing form of a database error, or None if it is not the user's to fix."""
+    status = SQLSTATE_STATUS.get(exc.sqlstate or "")
+    if status is None:
+        return None
+    message = exc.diag.message_primary or str(exc)
+    if exc.diag.message_hint:
+        message = f"{message} (fix: {exc.diag.message_hint})"
+    return UserError(status, message)
