@@ -201,15 +201,15 @@ begin
             queued bigint := 0;
         begin
             if tg_op = 'INSERT' then
-                insert into vectorize.queue (job_id, pk) select %2$L, n.%3$I::text from new_rows n;
+                insert into vectorize.queue (job_id, pk) select %2$L::uuid, n.%3$I::text from new_rows n;
                 get diagnostics queued = row_count;
             elsif tg_op = 'UPDATE' then
                 insert into vectorize.queue (job_id, pk)
-                    select %2$L, n.%3$I::text
+                    select %2$L::uuid, n.%3$I::text
                       from new_rows n left join old_rows o on o.%3$I = n.%3$I
                      where o.%3$I is null or %4$s
                     union all
-                    select %2$L, o.%3$I::text
+                    select %2$L::uuid, o.%3$I::text
                       from old_rows o
                      where not exists (select 1 from new_rows n where n.%3$I = o.%3$I);
                 get diagnostics queued = row_count;
@@ -217,10 +217,10 @@ begin
                 -- Removed in the user's transaction; queued as well so that a worker
                 -- racing on the same row re-checks it and cannot leave a stale vector.
                 delete from vectorize.%5$I e using old_rows o where e.%3$I = o.%3$I;
-                insert into vectorize.queue (job_id, pk) select %2$L, o.%3$I::text from old_rows o;
+                insert into vectorize.queue (job_id, pk) select %2$L::uuid, o.%3$I::text from old_rows o;
             else
                 delete from vectorize.%5$I;
-                delete from vectorize.queue where job_id = %2$L;
+                delete from vectorize.queue where job_id = %2$L::uuid;
             end if;
             if queued > 0 then
                 perform pg_notify('vectorize', %2$L);

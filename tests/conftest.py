@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
+from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
 from vectorize.api import create_app
@@ -82,6 +83,7 @@ def settings(db_url: str) -> Settings:
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        register_vector(c)
         yield c
 
 
