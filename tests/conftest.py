@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from psycopg import sql
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from vectorize.api import create_app

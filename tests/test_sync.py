@@ -65,7 +65,9 @@ async def test_insert_update_delete_are_followed_within_a_second(conn, products,
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
 
     started = time.monotonic()
-    conn.execute("insert into my_products (product_name, description, product_category, price) values ('Tent', 'Shelter for camping', 'outdoor', 120)")
+    conn.execute(
+        "insert into my_products (product_name, description, product_category, price) values ('Tent', 'Shelter for camping', 'outdoor', 120)"
+    )
     await wait_until(lambda: embedding_count(conn) == 41, timeout=1.0)
     inserted_ms = (time.monotonic() - started) * 1000
 
@@ -107,7 +109,9 @@ async def test_unchanged_text_is_not_re_embedded(conn, products, start_worker) -
     with conn.transaction():
         conn.execute("update my_products set description = 'temporary' where product_id = 7")
     with conn.transaction():
-        conn.execute("update my_products set description = 'Container for holding plants, often with drainage' where product_id = 8")
+        conn.execute(
+            "update my_products set description = 'Container for holding plants, often with drainage' where product_id = 8"
+        )
     await wait_until(lambda: queue_depth(conn) == 0)
     # Row 8's text equals what was stored, so only row 7 was embedded.
     assert handle.worker.inferences - before == 1
@@ -115,7 +119,9 @@ async def test_unchanged_text_is_not_re_embedded(conn, products, start_worker) -
     conn.execute("update vectorize.job set scan_active = true, scan_cursor = null")
     conn.execute("update my_products set updated_at = now() + interval '1 hour'")
     conn.execute("select pg_notify('vectorize', 'rescan')")
-    await wait_until(lambda: not conn.execute("select scan_active from vectorize.job").fetchone()["scan_active"] and queue_depth(conn) == 0)
+    await wait_until(
+        lambda: not conn.execute("select scan_active from vectorize.job").fetchone()["scan_active"] and queue_depth(conn) == 0
+    )
     assert handle.worker.inferences - before == 1
 
 
@@ -164,14 +170,34 @@ async def test_two_jobs_on_one_table(conn, products, start_worker) -> None:
 
 async def test_quoted_mixed_case_identifiers(conn, start_worker, encoders) -> None:
     conn.execute('create schema "Sales"')
-    conn.execute('create table "Sales"."Order Items" ("Item Id" text primary key, "Description" text, "select" text, "Updated" timestamptz default now())')
-    conn.execute("""insert into "Sales"."Order Items" values ('a-1', 'Red shoes', 'x', now()), ('b''2', 'Blue hat', null, now())""")
-    create_job(conn, job_name="Orders", src_schema="Sales", src_table="Order Items", src_columns=["Description", "select"],
-               primary_key="Item Id", update_time_col="Updated")
-    create_job(conn, job_name="orders", src_schema="Sales", src_table="Order Items", src_columns=["Description"],
-               primary_key="Item Id", update_time_col="Updated")
+    conn.execute(
+        'create table "Sales"."Order Items" ("Item Id" text primary key, "Description" text, "select" text, "Updated" timestamptz default now())'
+    )
+    conn.execute(
+        """insert into "Sales"."Order Items" values ('a-1', 'Red shoes', 'x', now()), ('b''2', 'Blue hat', null, now())"""
+    )
+    create_job(
+        conn,
+        job_name="Orders",
+        src_schema="Sales",
+        src_table="Order Items",
+        src_columns=["Description", "select"],
+        primary_key="Item Id",
+        update_time_col="Updated",
+    )
+    create_job(
+        conn,
+        job_name="orders",
+        src_schema="Sales",
+        src_table="Order Items",
+        src_columns=["Description"],
+        primary_key="Item Id",
+        update_time_col="Updated",
+    )
     start_worker()
-    await wait_until(lambda: embedding_count(conn, "Orders") == 2 and embedding_count(conn, "orders") == 2 and queue_depth(conn) == 0)
+    await wait_until(
+        lambda: embedding_count(conn, "Orders") == 2 and embedding_count(conn, "orders") == 2 and queue_depth(conn) == 0
+    )
     want = vector_of(encoders, "Description: Blue hat select: ")
     assert float(stored_vector(conn, "b'2", "Orders", "Item Id") @ want) > 0.9999
     conn.execute("""update "Sales"."Order Items" set "Description" = 'Green hat' where "Item Id" = 'b''2'""")
@@ -195,9 +221,13 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
     version = conn.execute("select version from vectorize._embeddings_my_job where product_id = 1").fetchone()["version"]
     stale = vector_of(encoders, "something else entirely")
     with conn.transaction():
-        conn.execute("create temp table if not exists vectorize_staging (pk text not null, embedding vector, content text,"
-                     " content_hash bytea, source_updated_at timestamptz, version bigint not null)")
-        conn.execute("insert into vectorize_staging values ('1', %s::vector, 'x', '\\x00', now(), %s)", (str(stale.tolist()), version - 1))
+        conn.execute(
+            "create temp table if not exists vectorize_staging (pk text not null, embedding vector, content text,"
+            " content_hash bytea, source_updated_at timestamptz, version bigint not null)"
+        )
+        conn.execute(
+            "insert into vectorize_staging values ('1', %s::vector, 'x', '\\x00', now(), %s)", (str(stale.tolist()), version - 1)
+        )
         conn.execute("select vectorize.apply_batch(id, '{}') from vectorize.job")
     assert float(stored_vector(conn, 1) @ stale) < 0.9
 
@@ -243,6 +273,8 @@ async def _job(worker):
 async def test_worker_picks_up_a_job_created_while_running(conn, products, start_worker) -> None:
     start_worker(poll_interval=60.0)
     await asyncio.sleep(0)  # let it start listening
-    await wait_until(lambda: conn.execute("select count(*) as n from pg_stat_activity where query ilike 'listen%%'").fetchone()["n"] > 0)
+    await wait_until(
+        lambda: conn.execute("select count(*) as n from pg_stat_activity where query ilike 'listen%%'").fetchone()["n"] > 0
+    )
     create_job(conn)
     await wait_until(lambda: embedding_count(conn) == 40, timeout=15)

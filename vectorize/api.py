@@ -47,7 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         limit = request.app[SETTINGS].max_body_bytes
         return _error(413, f"request body is larger than the limit of {limit} bytes")
     except web.HTTPMethodNotAllowed as exc:
-        return _error(405, f"method {request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}")
+        return _error(
+            405, f"method {request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}"
+        )
     except web.HTTPNotFound:
         return _error(404, f"no route {request.method} {request.path}; see the README for the API")
     except web.HTTPException as exc:
@@ -126,7 +128,7 @@ async def search_post(request: web.Request) -> web.Response:
         raise UserError(400, f"unknown field {unknown[0]!r}; search takes job_name, query, limit and filters")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
-        raise UserError(400, "filters must be a JSON object of column: value or column: \"op.value\"")
+        raise UserError(400, 'filters must be a JSON object of column: value or column: "op.value"')
     job_name, text, limit, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
     results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters)
     return web.json_response(results)
@@ -159,7 +161,9 @@ async def health_ready(request: web.Request) -> web.Response:
     except Exception:  # the model failed to load: not ready
         model = False
     ready = database and model
-    return web.json_response({"status": "ready" if ready else "not ready", "database": database, "model": model}, status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "database": database, "model": model}, status=200 if ready else 503
+    )
 
 
 def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, encoders: EncoderCache) -> web.Application:

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("api", "serve the HTTP API only"),
         ("worker", "run the embedding worker only"),
     ):
-        p = sub.add_parser(name, help=text, description=text, epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=text, description=text, epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         p.add_argument("--host", help="API bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="API port (default 8080)")
         p.add_argument("--log-level", help="DEBUG, INFO, WARNING")

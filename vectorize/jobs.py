@@ -44,7 +44,9 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     for field, kind in JOB_FIELDS.items():
         value = body[field]
         if not isinstance(value, kind):
-            raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}, got {type(value).__name__ if value is not None else 'null'}")
+            raise UserError(
+                400, f"{field} must be {_TYPE_NAMES[kind]}, got {type(value).__name__ if value is not None else 'null'}"
+            )
         if kind is list:
             if not all(isinstance(v, str) for v in value):
                 raise UserError(400, f"{field} must be an array of strings")

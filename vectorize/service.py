@@ -79,7 +79,7 @@ async def serve(settings: Settings, *, api: bool, worker: bool, stop: asyncio.Ev
         log.info("event=ready api=%s worker=%s", api, worker)
         await stop.wait()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
             for task in pending:
                 task.cancel()
     finally:

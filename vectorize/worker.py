@@ -98,7 +98,9 @@ class Worker:
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.OperationalError as exc:
-                log.warning("event=listener_disconnected error=%r retry_in=%.1f", str(exc).splitlines()[0] if str(exc) else exc, delay)
+                log.warning(
+                    "event=listener_disconnected error=%r retry_in=%.1f", str(exc).splitlines()[0] if str(exc) else exc, delay
+                )
                 await _wait_any(stop, None, delay)
                 delay = min(delay * 2, 5.0)
 
@@ -129,7 +131,9 @@ class Worker:
             handled = await self.process_batch(job)
             if handled == 0 and job.scan_active:
                 async with self.pool.connection() as conn:
-                    row = await (await conn.execute(query("scan_step"), {"job_id": job.id, "page": self.settings.batch_size * 2})).fetchone()
+                    row = await (
+                        await conn.execute(query("scan_step"), {"job_id": job.id, "page": self.settings.batch_size * 2})
+                    ).fetchone()
                 handled = max(row["seen"], 0) if row else 0
             return handled
         except SOURCE_BROKEN as exc:
@@ -145,7 +149,12 @@ class Worker:
         except Exception as exc:  # an embedding failure: find the row that caused it
             claimed: list[Claimed] = getattr(exc, "claimed", [])
             if len(claimed) > 1:
-                log.warning("event=batch_failed job=%s rows=%d error=%r retrying=one_by_one", job.job_name, len(claimed), type(exc).__name__)
+                log.warning(
+                    "event=batch_failed job=%s rows=%d error=%r retrying=one_by_one",
+                    job.job_name,
+                    len(claimed),
+                    type(exc).__name__,
+                )
                 for item in claimed:
                     await self.process_batch(job, item.ids)
                 return len(claimed)
@@ -193,7 +202,7 @@ class Worker:
         if texts:
             encoder = await asyncio.to_thread(self.encoders.get, job.model)
             matrix = await asyncio.to_thread(encoder.embed, texts)
-            vectors = dict(zip(texts, matrix))
+            vectors = dict(zip(texts, matrix, strict=True))
             self.inferences += len(texts)
         infer_done = time.perf_counter()
 
@@ -216,8 +225,13 @@ class Worker:
         self.rows_embedded += len(changed)
         log.info(
             "event=batch job=%s rows=%d embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
-            job.job_name, len(claimed), len(changed), len(rows) - len(changed), len(gone),
-            infer_done - started, time.perf_counter() - started,
+            job.job_name,
+            len(claimed),
+            len(changed),
+            len(rows) - len(changed),
+            len(gone),
+            infer_done - started,
+            time.perf_counter() - started,
         )
 
     async def _defer(self, job: Job, item: Claimed, exc: BaseException) -> None:
@@ -228,9 +242,17 @@ class Worker:
                 cur = await conn.execute(query("defer_items"), {"ids": item.ids})
                 attempts = max((row["attempts"] for row in await cur.fetchall()), default=0)
                 if attempts >= MAX_ATTEMPTS:
-                    await conn.execute(query("park_failure"), {"job_id": job.id, "pk": item.pk, "attempts": attempts, "error": error})
+                    await conn.execute(
+                        query("park_failure"), {"job_id": job.id, "pk": item.pk, "attempts": attempts, "error": error}
+                    )
                     await conn.execute(query("delete_claimed"), {"ids": item.ids})
-        log.warning("event=row_failed job=%s attempts=%d parked=%s error_type=%s", job.job_name, attempts, attempts >= MAX_ATTEMPTS, type(exc).__name__)
+        log.warning(
+            "event=row_failed job=%s attempts=%d parked=%s error_type=%s",
+            job.job_name,
+            attempts,
+            attempts >= MAX_ATTEMPTS,
+            type(exc).__name__,
+        )
 
     async def _fail_job(self, job: Job, exc: BaseException) -> None:
         message = f"the job's source is no longer usable: {str(exc).splitlines()[0]}"

@@ -162,9 +162,7 @@ def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.Mo
 
     for layer in range(info.num_layers):
         p = f"encoder.layer.{layer}."
-        qkv_w = np.concatenate(
-            [w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")], axis=0
-        )
+        qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")], axis=0)
         qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
         qkv = g.linear(x, qkv_w, qkv_b, f"l{layer}_qkv")
         q, k, v = (g.name(f"l{layer}_{n}") for n in "qkv")
@@ -194,7 +192,21 @@ def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.Mo
         )
 
     if info.pooling == "cls":
-        pooled = g.op("Squeeze", [g.op("Slice", [x, g.const("z", np.array([0], np.int64)), g.const("o", np.array([1], np.int64)), g.const("ax1", np.array([1], np.int64))]), g.const("sq1", np.array([1], np.int64))])
+        pooled = g.op(
+            "Squeeze",
+            [
+                g.op(
+                    "Slice",
+                    [
+                        x,
+                        g.const("z", np.array([0], np.int64)),
+                        g.const("o", np.array([1], np.int64)),
+                        g.const("ax1", np.array([1], np.int64)),
+                    ],
+                ),
+                g.const("sq1", np.array([1], np.int64)),
+            ],
+        )
     else:
         mask_3d = g.op("Unsqueeze", [mask_f, g.const("axis2", np.array([2], np.int64))])
         summed = g.op("ReduceSum", [g.op("Mul", [x, mask_3d]), g.const("axis1", np.array([1], np.int64))], keepdims=0)
