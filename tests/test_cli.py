@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -96,9 +98,10 @@ def test_up_against_database_url_serves_api_and_worker(db_url: str) -> None:
     assert code == 0 and seconds < 10
 
 
-def test_up_without_database_url_starts_embedded_postgres_and_reuses_it(tmp_path: Path) -> None:
+def test_up_without_database_url_starts_embedded_postgres_and_reuses_it() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["VECTORIZE_DATA_DIR"] = str(tmp_path / "data")
+    data_dir = Path(tempfile.mkdtemp(prefix="vectorize-test-up-"))
+    env["VECTORIZE_DATA_DIR"] = str(data_dir / "data")
     port = free_port()
     urls = []
     for round_ in range(2):
@@ -122,6 +125,7 @@ def test_up_without_database_url_starts_embedded_postgres_and_reuses_it(tmp_path
             code, _ = stop(proc)
         assert code == 0
     assert urls[0] == urls[1]
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_help_documents_flags_and_environment() -> None:

@@ -24,7 +24,7 @@ def create_job(conn: psycopg.Connection, **overrides: object) -> str:
         " returning id",
         job,
     ).fetchone()
-    return str(row["id"])
+    return str(row["id"] if isinstance(row, dict) else row[0])
 
 
 def embedding_count(conn: psycopg.Connection, job: str = "my_job") -> int:
