@@ -32,7 +32,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check vectorize tests bench
 	$(BIN)/ruff format --check vectorize tests bench
 
-bench: models
+# sentence-transformers and PyTorch live only in .venv-bench, for the comparison.
+BENCH_STAMP := .venv-bench/.installed-stamp
+$(BENCH_STAMP):
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q torch==2.13.0 sentence-transformers
+	touch $(BENCH_STAMP)
+
+bench: models $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 clean:

