@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.corpus import load_texts
 from vectorize.db import migrate
 from vectorize.embedding.registry import load_encoder, load_manifests, source_dir
-from vectorize.models import register_models
+from vectorize.models import EncoderCache, register_models
 from vectorize.paths import MODELS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def database_benchmarks(texts: list[str], updates: int) -> dict[str, float]:
     url = server.get_uri()
     migrate(url)
     with psycopg.connect(url) as conn:
-        register_models(conn, MODELS_DIR)
+        register_models(conn, EncoderCache(MODELS_DIR))
     figures: dict[str, float] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table packages (id int primary key, body text, updated_at timestamptz default now())")

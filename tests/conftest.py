@@ -55,13 +55,13 @@ def _url_for(admin_url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def template_url(pg_admin_url: str) -> str:
+def template_url(pg_admin_url: str, encoders: EncoderCache) -> str:
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
     url = _url_for(pg_admin_url, TEMPLATE)
     migrate(url)
     with psycopg.connect(url) as conn:
-        register_models(conn, MODELS_DIR)
+        register_models(conn, encoders)
     return url
 
 

@@ -19,6 +19,8 @@ environment:
   VECTORIZE_THREADS       inference threads (default: all cores)
   VECTORIZE_MODELS_DIR    model manifests and exported ONNX files (default: models/)
   VECTORIZE_LOG_LEVEL     DEBUG, INFO, WARNING (default INFO)
+  VECTORIZE_OPENAI_MODELS comma-separated models of an OpenAI-compatible API, used as "openai/<model>"
+  VECTORIZE_OPENAI_BASE_URL  that API's base URL (default https://api.openai.com/v1); key: OPENAI_API_KEY
 """
 
 
@@ -43,12 +45,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .models import EncoderCache
     from .service import prepare_database
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
     try:
-        prepare_database(settings)
+        prepare_database(settings, EncoderCache.from_settings(settings))
     except Exception as exc:
         print(f"vectorize: migration failed: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,12 @@ class Settings:
     threads: int | None = None
     log_level: str = "INFO"
     max_body_bytes: int = 1 << 20
+    #: Comma-separated models served by an OpenAI-compatible API, usable as "openai/<model>".
+    openai_models: str = ""
+    #: Base URL of that API (OpenAI, Ollama, vLLM, text-embeddings-inference, ...).
+    openai_base_url: str = "https://api.openai.com/v1"
+    #: Read from OPENAI_API_KEY.
+    openai_api_key: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -41,6 +47,8 @@ class Settings:
         values: dict[str, object] = {}
         if env.get("DATABASE_URL"):
             values["database_url"] = env["DATABASE_URL"]
+        if env.get("OPENAI_API_KEY"):
+            values["openai_api_key"] = env["OPENAI_API_KEY"]
         for f in fields(cls):
             raw = env.get(f"VECTORIZE_{f.name.upper()}")
             if raw is None or raw == "":

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 8.0
 
 
-def prepare_database(settings: Settings) -> Settings:
+def prepare_database(settings: Settings, encoders: EncoderCache) -> Settings:
     """Resolve the database (embedded when no URL), migrate it and publish the models."""
     if not settings.database_url:
         settings = replace(settings, database_url=start_embedded(settings.data_dir))
@@ -37,7 +37,7 @@ def prepare_database(settings: Settings) -> Settings:
     assert settings.database_url
     migrate(settings.database_url)
     with psycopg.connect(settings.database_url) as conn:
-        register_models(conn, settings.models_dir)
+        register_models(conn, encoders)
     return settings
 
 
@@ -55,13 +55,14 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def serve(settings: Settings, *, api: bool, worker: bool, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, encoders: EncoderCache, *, api: bool, worker: bool, stop: asyncio.Event | None = None
+) -> None:
     """Run until stopped; ``settings.database_url`` must already be resolved."""
     assert settings.database_url
     if stop is None:
         stop = asyncio.Event()
         _install_signal_handlers(stop)
-    encoders = EncoderCache(settings.models_dir, settings.threads)
     await asyncio.to_thread(encoders.get, DEFAULT_MODEL)  # load (and export if needed) before serving
     tasks: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
@@ -90,10 +91,11 @@ async def serve(settings: Settings, *, api: bool, worker: bool, stop: asyncio.Ev
 
 
 def run(settings: Settings, *, api: bool, worker: bool) -> int:
+    encoders = EncoderCache.from_settings(settings)
     try:
-        settings = prepare_database(settings)
+        settings = prepare_database(settings, encoders)
     except Exception as exc:  # start-up failure: say what and exit non-zero
         print(f"vectorize: cannot start: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(serve(settings, api=api, worker=worker))
+    asyncio.run(serve(settings, encoders, api=api, worker=worker))
     return 0

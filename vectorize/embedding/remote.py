@@ -1,0 +1,108 @@
+"""Embeddings from a server speaking OpenAI's ``/v1/embeddings`` protocol.
+
+OpenAI itself, and Ollama, vLLM or text-embeddings-inference behind the same API.
+It exposes the same ``embed(texts)`` as the ONNX encoder, so the worker does not
+care where vectors come from. Synchronous on purpose: the worker already calls
+encoders from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+PREFIX = "openai/"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: Inputs per request; OpenAI accepts up to 2048, smaller keeps retries cheap.
+REQUEST_BATCH = 256
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+
+
+class RemoteEmbeddingError(RuntimeError):
+    """The server refused the request for a reason a retry will not fix, or kept failing."""
+
+
+class OpenAIEmbedder:
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None,
+        base_url: str = DEFAULT_BASE_URL,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model[len(PREFIX) :] if model.startswith(PREFIX) else model
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self._sleep = sleep
+        self.dimension: int | None = None
+        self.failure_hook = None
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimension or 0), dtype=np.float32)
+        parts = [self._request(list(texts[i : i + REQUEST_BATCH])) for i in range(0, len(texts), REQUEST_BATCH)]
+        return np.concatenate(parts)
+
+    def _request(self, texts: list[str]) -> np.ndarray:
+        # OpenAI rejects empty strings; a single space embeds as "nothing" there too.
+        payload = json.dumps(
+            {"model": self.model, "input": [t if t else " " for t in texts], "encoding_format": "float"}
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(f"{self.base_url}/embeddings", data=payload, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return self._parse(json.loads(response.read()), len(texts))
+            except urllib.error.HTTPError as exc:
+                message = _error_message(exc)
+                if exc.code not in RETRY_STATUSES or attempt == self.max_retries:
+                    raise RemoteEmbeddingError(f"{self.base_url} answered {exc.code}: {message}") from None
+                delay = _retry_after(exc)
+                self._sleep(delay if delay is not None else self.backoff * 2**attempt)
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt == self.max_retries:
+                    raise RemoteEmbeddingError(f"{self.base_url} is unreachable: {exc}") from None
+                self._sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _parse(self, body: dict, expected: int) -> np.ndarray:
+        data = sorted(body.get("data", []), key=lambda item: item["index"])
+        if len(data) != expected:
+            raise RemoteEmbeddingError(f"{self.base_url} returned {len(data)} embeddings for {expected} inputs")
+        matrix = np.array([item["embedding"] for item in data], dtype=np.float32)
+        if self.dimension is None:
+            self.dimension = matrix.shape[1]  # learned from the first response
+        elif matrix.shape[1] != self.dimension:
+            raise RemoteEmbeddingError(f"{self.base_url} changed dimension from {self.dimension} to {matrix.shape[1]}")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / np.maximum(norms, 1e-12)
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"]["message"])
+    except Exception:
+        return exc.reason or "no message"
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    value = exc.headers.get("Retry-After") if exc.headers else None
+    try:
+        return min(float(value), 60.0) if value else None
+    except ValueError:
+        return None
