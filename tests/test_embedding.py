@@ -61,3 +61,12 @@ def test_empty_input_gives_empty_matrix(encoders: EncoderCache) -> None:
 def test_huge_texts_are_truncated(encoders: EncoderCache, text: str) -> None:
     vector = encoders.get(MODEL).embed([text])[0]
     assert np.isfinite(vector).all() and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+
+
+def test_int8_model_stays_close_to_the_reference(encoders: EncoderCache) -> None:
+    """The opt-in int8 model: quantised MatMuls, sensitive layers kept fp32 (see its manifest)."""
+    items = _reference()
+    got = encoders.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed([item["text"] for item in items])
+    want = np.array([item["embedding"] for item in items], dtype=np.float32)
+    cosine = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() >= 0.98 and cosine.mean() >= 0.995, (cosine.min(), cosine.mean())

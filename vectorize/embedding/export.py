@@ -99,14 +99,14 @@ class _GraphBuilder:
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: object) -> str:
         out = self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, hint: str) -> str:
         """``x @ weight.T + bias`` for a torch-layout (out, in) weight."""
         w = self.const(f"{hint}_w", weight.T.astype(np.float32))
         b = self.const(f"{hint}_b", bias.astype(np.float32))
-        return self.op("Add", [self.op("MatMul", [x, w]), b], hint)
+        return self.op("Add", [self.op("MatMul", [x, w], f"{hint}_matmul"), b], hint)
 
     def layer_norm(self, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float, hint: str) -> str:
         g = self.const(f"{hint}_g", gamma.astype(np.float32))

@@ -29,6 +29,8 @@ class ModelManifest:
     source: dict[str, str]
     checksums: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
+    #: For int8: substrings of MatMul node names kept in fp32 (the layers measured most sensitive).
+    keep_fp32: tuple[str, ...] = ()
     manifest_path: Path | None = None
 
     @property
@@ -48,6 +50,7 @@ class ModelManifest:
             source=data["source"],
             checksums=data.get("checksums", {}),
             precision=data.get("precision", "fp32"),
+            keep_fp32=tuple(data.get("keep_fp32", ())),
             manifest_path=path,
         )
 
@@ -116,9 +119,40 @@ def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = 
         return onnx_path, tokenizer_path
     checkpoint = source_dir(manifest)
     verify_checksums(manifest, checkpoint)
-    export_checkpoint(checkpoint, onnx_path)
+    if manifest.precision == "int8":
+        fp32_path = onnx_path.with_name("model-fp32.onnx")
+        export_checkpoint(checkpoint, fp32_path)
+        quantize_int8(fp32_path, onnx_path, manifest.keep_fp32)
+        fp32_path.unlink()
+    else:
+        export_checkpoint(checkpoint, onnx_path)
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_path)
     return onnx_path, tokenizer_path
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -> None:
+    """Dynamic int8 with per-channel weight scales; attention-score MatMuls (no weights) and
+    the named sensitive layers stay fp32. Default settings lost too much (min cosine 0.88)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    exclude = [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and (not any(i in weights for i in node.input) or any(k in node.name for k in keep_fp32))
+    ]
+    tmp = out_path.with_suffix(".tmp")
+    quantize_dynamic(
+        str(fp32_path),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=exclude,
+    )
+    tmp.replace(out_path)
 
 
 def load_encoder(manifest: ModelManifest, models_dir: Path, threads: int | None = None) -> Encoder:
