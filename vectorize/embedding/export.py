@@ -124,8 +124,67 @@ def _strip_prefix(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     raise ValueError("checkpoint has no BERT embeddings.* tensors")
 
 
-def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.ModelProto:
-    """Write the encoder, pooling and normalisation as one ONNX model."""
+def _fused_layer(
+    g: _GraphBuilder,
+    w: dict[str, np.ndarray],
+    p: str,
+    x: str,
+    qkv_w: np.ndarray,
+    qkv_b: np.ndarray,
+    mask: str,
+    heads: int,
+    eps: float,
+    layer: int,
+) -> str:
+    """One encoder layer in onnxruntime's fused operators: Attention (packed QKV, mask,
+    softmax, head split/merge in one kernel), BiasGelu, and SkipLayerNormalization (bias +
+    residual + LayerNorm). The same arithmetic as the plain layer, minus the elementwise
+    passes over memory that cost ~20% of the plain graph's time."""
+    ms = "com.microsoft"
+
+    def const(hint: str, value: np.ndarray) -> str:
+        return g.const(f"l{layer}_{hint}", value.astype(np.float32))
+
+    context = g.op(
+        "Attention", [x, const("qkv_w", qkv_w.T), const("qkv_b", qkv_b), mask], f"l{layer}_attention", domain=ms, num_heads=heads
+    )
+    attn_out = g.op("MatMul", [context, const("ao_w", w[p + "attention.output.dense.weight"].T)], f"l{layer}_ao_matmul")
+    x = g.op(
+        "SkipLayerNormalization",
+        [
+            attn_out,
+            x,
+            const("ln1_g", w[p + "attention.output.LayerNorm.weight"]),
+            const("ln1_b", w[p + "attention.output.LayerNorm.bias"]),
+            const("ao_b", w[p + "attention.output.dense.bias"]),
+        ],
+        f"l{layer}_ln1",
+        domain=ms,
+        epsilon=eps,
+    )
+    inter = g.op("MatMul", [x, const("ff1_w", w[p + "intermediate.dense.weight"].T)], f"l{layer}_ff1_matmul")
+    gelu = g.op("BiasGelu", [inter, const("ff1_b", w[p + "intermediate.dense.bias"])], f"l{layer}_gelu", domain=ms)
+    ff_out = g.op("MatMul", [gelu, const("ff2_w", w[p + "output.dense.weight"].T)], f"l{layer}_ff2_matmul")
+    return g.op(
+        "SkipLayerNormalization",
+        [
+            ff_out,
+            x,
+            const("ln2_g", w[p + "output.LayerNorm.weight"]),
+            const("ln2_b", w[p + "output.LayerNorm.bias"]),
+            const("ff2_b", w[p + "output.dense.bias"]),
+        ],
+        f"l{layer}_ln2",
+        domain=ms,
+        epsilon=eps,
+    )
+
+
+def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo, *, fused: bool = True) -> onnx.ModelProto:
+    """Write the encoder, pooling and normalisation as one ONNX model.
+
+    ``fused`` emits onnxruntime's contrib operators (faster on CPU, onnxruntime only);
+    without it the graph uses standard ONNX operators only and runs anywhere."""
     w = _strip_prefix(weights)
     g = _GraphBuilder()
     hidden = info.hidden_size
@@ -150,20 +209,25 @@ def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.Mo
 
     # Additive attention bias: 0 where attended, a large negative where padded.
     mask_f = g.op("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    mask_4d = g.op("Unsqueeze", [mask_f, g.const("axes12", np.array([1, 2], np.int64))])
-    neg = g.const("neg", np.array(-1e4, np.float32))
-    one = g.const("one_f", np.array(1.0, np.float32))
-    att_bias = g.op("Mul", [g.op("Sub", [one, mask_4d]), neg], "att_bias")
-    scale = g.const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
-    split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], np.int64))
-    merge_heads = g.const("merge_heads", np.array([0, 0, hidden], np.int64))
-    sqrt_half = g.const("sqrt_half", np.array(1.0 / np.sqrt(2.0), np.float32))
-    half = g.const("half", np.array(0.5, np.float32))
+    if not fused:
+        mask_4d = g.op("Unsqueeze", [mask_f, g.const("axes12", np.array([1, 2], np.int64))])
+        neg = g.const("neg", np.array(-1e4, np.float32))
+        one = g.const("one_f", np.array(1.0, np.float32))
+        att_bias = g.op("Mul", [g.op("Sub", [one, mask_4d]), neg], "att_bias")
+        scale = g.const("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+        split_heads = g.const("split_heads", np.array([0, 0, heads, head_dim], np.int64))
+        merge_heads = g.const("merge_heads", np.array([0, 0, hidden], np.int64))
+        sqrt_half = g.const("sqrt_half", np.array(1.0 / np.sqrt(2.0), np.float32))
+        half = g.const("half", np.array(0.5, np.float32))
 
+    mask_i32 = g.op("Cast", ["attention_mask"], "mask_i32", to=TensorProto.INT32) if fused else ""
     for layer in range(info.num_layers):
         p = f"encoder.layer.{layer}."
         qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")], axis=0)
         qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+        if fused:
+            x = _fused_layer(g, w, p, x, qkv_w, qkv_b, mask_i32, heads, eps, layer)
+            continue
         qkv = g.linear(x, qkv_w, qkv_b, f"l{layer}_qkv")
         q, k, v = (g.name(f"l{layer}_{n}") for n in "qkv")
         g.nodes.append(
@@ -229,19 +293,23 @@ def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo) -> onnx.Mo
         [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
         g.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vectorize")
+    opsets = [helper.make_opsetid("", OPSET)]
+    if fused:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="vectorize")
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    if not fused:  # the checker knows only standard operators
+        onnx.checker.check_model(model)
     return model
 
 
-def export_checkpoint(model_dir: Path, out_path: Path) -> CheckpointInfo:
+def export_checkpoint(model_dir: Path, out_path: Path, *, fused: bool = True) -> CheckpointInfo:
     """Export ``model_dir`` to ``out_path`` atomically; returns what was exported."""
     info = read_checkpoint_info(model_dir)
     weights_file = model_dir / "model.safetensors"
     if not weights_file.exists():
         raise FileNotFoundError(f"{model_dir}: no model.safetensors (export needs safetensors weights)")
-    model = build_graph(load_safetensors(weights_file), info)
+    model = build_graph(load_safetensors(weights_file), info, fused=fused)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")
     onnx.save(model, str(tmp))

@@ -151,6 +151,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
         per_channel=True,
         op_types_to_quantize=["MatMul"],
         nodes_to_exclude=exclude,
+        # Types of tensors produced by onnxruntime's fused operators, which shape inference cannot see.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     tmp.replace(out_path)
 
