@@ -14,7 +14,7 @@ environment:
   VECTORIZE_DATA_DIR      where the embedded PostgreSQL keeps its data (default: the user data dir)
   VECTORIZE_HOST, VECTORIZE_PORT   API bind address (default 127.0.0.1:8080)
   VECTORIZE_API_TOKEN     require 'Authorization: Bearer <token>' on the API
-  VECTORIZE_BATCH_SIZE    rows per worker transaction (default 64)
+  VECTORIZE_BATCH_SIZE    rows per worker transaction (default 256)
   VECTORIZE_POLL_INTERVAL seconds between fallback polls (default 5)
   VECTORIZE_THREADS       inference threads (default: all cores)
   VECTORIZE_MODELS_DIR    model manifests and exported ONNX files (default: models/)

@@ -25,8 +25,10 @@ class Settings:
     port: int = 8080
     #: When set, every endpoint but /health/live needs "Authorization: Bearer <token>".
     api_token: str | None = None
-    #: Rows claimed per worker transaction.
-    batch_size: int = 64
+    #: Rows claimed per worker transaction. Large enough that length-sorting inside the
+    #: batch keeps padding low (64 reached 67% of the engine's speed in a backfill, 256: 92%),
+    #: small enough that a batch finishes well within the 10 s shutdown budget.
+    batch_size: int = 256
     #: Seconds between fallback polls when no notification arrives.
     poll_interval: float = 5.0
     #: Inference threads (default: every core).
