@@ -102,7 +102,7 @@ delete from vectorize.queue where id = any(%(ids)s);
 -- A failed try: count it and wait before the next (exponential backoff, capped).
 update vectorize.queue
    set attempts = attempts + 1,
-       not_before = now() + least(interval '1 second' * power(2, attempts), interval '5 minutes')
+       not_before = now() + least(interval '1 second' * %(backoff)s * power(2, attempts), interval '5 minutes')
  where id = any(%(ids)s)
 returning id, pk, attempts;
 
@@ -113,7 +113,19 @@ on conflict (job_id, pk) do update
    set attempts = excluded.attempts, last_error = excluded.last_error, failed_at = now();
 
 -- name: search
-select result from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s) as result;
+select result
+  from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s,
+                        %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s) as result;
+
+-- name: job_status_all
+select * from vectorize.job_status order by job_name;
+
+-- name: job_status_one
+select * from vectorize.job_status where job_name = %(job_name)s;
+
+-- name: job_failures
+select pk, attempts, last_error, failed_at from vectorize.failure
+ where job_id = %(job_id)s order by failed_at desc limit %(limit)s;
 
 -- name: job_model
 select model from vectorize.job where job_name = %(job_name)s;
@@ -140,3 +152,6 @@ select 1 from pg_database where datname = %(name)s;
 
 -- name: create_database
 create database {};
+
+-- name: table_exists
+select to_regclass(%(name)s) is not null as exists;

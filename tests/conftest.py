@@ -24,7 +24,7 @@ from vectorize.api import create_app
 from vectorize.config import Settings
 from vectorize.db import make_pool, migrate
 from vectorize.models import EncoderCache, register_models
-from vectorize.paths import MODELS_DIR
+from vectorize.paths import MODELS_DIR, SQL_DIR
 from vectorize.worker import Worker
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -97,7 +97,7 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def products(conn: psycopg.Connection) -> None:
-    conn.execute((FIXTURES / "my_products.sql").read_text().encode())
+    conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
 
 
 class RunningWorker:

@@ -17,7 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .conftest import FIXTURES, MY_JOB
+from vectorize.paths import SQL_DIR
+
+from .conftest import MY_JOB
 
 
 def free_port() -> int:
@@ -77,7 +79,7 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, float]:
 
 def test_up_against_database_url_serves_api_and_worker(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute((FIXTURES / "my_products.sql").read_text().encode())
+        conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
     port = free_port()
     env = {**os.environ, "DATABASE_URL": db_url, "VECTORIZE_POLL_INTERVAL": "60"}
     proc = start(["up", "--port", str(port)], env)

@@ -17,10 +17,11 @@ import psycopg
 import psycopg_pool
 from aiohttp import web
 
-from . import jobs, search
+from . import jobs, metrics, search
 from .config import Settings
 from .errors import UserError
 from .models import EncoderCache
+from .openapi import SPEC
 from .queries import query
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by route pattern (not raw path, which would explode label values)."""
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    return response
 
 
 @web.middleware
@@ -91,21 +102,33 @@ async def create_table(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id})
 
 
+async def list_tables(request: web.Request) -> web.Response:
+    return web.json_response(await jobs.list_jobs(request.app[POOL]))
+
+
+async def show_table(request: web.Request) -> web.Response:
+    return web.json_response(await jobs.show_job(request.app[POOL], request.match_info["job_name"]))
+
+
 async def delete_table(request: web.Request) -> web.Response:
     job_name = request.match_info["job_name"]
     await jobs.delete_job(request.app[POOL], job_name)
     return web.json_response({"job_name": job_name, "message": f"job {job_name} and its embeddings were deleted"})
 
 
-def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
+def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, float], dict[str, Any]]:
+    """Split search parameters into job, query, limit, ranking options and (the rest) filters."""
     job_name = params.pop("job_name", None)
     text = params.pop("query", None)
     limit = search.parse_limit(params.pop("limit", None))
+    ranking = search.parse_ranking(params)
     if not isinstance(job_name, str) or not job_name:
         raise UserError(400, "job_name is required: the job to search")
     if not isinstance(text, str) or not text:
         raise UserError(400, "query is required: the text to search for")
-    return job_name, text, limit, params
+    if "\x00" in text or "\x00" in job_name:
+        raise UserError(400, "job_name and query may not contain NUL characters")
+    return job_name, text, limit, ranking, params
 
 
 async def search_get(request: web.Request) -> web.Response:
@@ -114,8 +137,8 @@ async def search_get(request: web.Request) -> web.Response:
         if key in params:
             raise UserError(400, f"query parameter {key!r} is given more than once")
         params[key] = value
-    job_name, text, limit, filters = _search_args(params)
-    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters)
+    job_name, text, limit, ranking, filters = _search_args(params)
+    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters, ranking)
     return web.json_response(results)
 
 
@@ -141,6 +164,15 @@ async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
         return True
     except (psycopg.Error, psycopg_pool.PoolTimeout):
         return False
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics.update_job_gauges(await jobs.list_jobs(request.app[POOL]))
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(SPEC)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -169,16 +201,20 @@ async def health_ready(request: web.Request) -> web.Response:
 def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, encoders: EncoderCache) -> web.Application:
     """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(settings.api_token)],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware(settings.api_token)],
         client_max_size=settings.max_body_bytes,
     )
     app[POOL] = pool
     app[ENCODERS] = encoders
     app[SETTINGS] = settings
     app.router.add_post("/api/v1/table", create_table)
+    app.router.add_get("/api/v1/table", list_tables)
+    app.router.add_get("/api/v1/table/{job_name}", show_table)
     app.router.add_delete("/api/v1/table/{job_name}", delete_table)
     app.router.add_get("/api/v1/search", search_get)
     app.router.add_post("/api/v1/search", search_post)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
     app.router.add_get("/health", health)
     app.router.add_get("/health/live", health_live)
     app.router.add_get("/health/ready", health_ready)

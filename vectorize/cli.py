@@ -87,6 +87,101 @@ def cmd_models_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(settings: Settings, *, prepare: bool = False):
+    """Resolve the database the way `vectorize up` does (embedded when no DATABASE_URL)."""
+    from dataclasses import replace
+
+    from .embedded import start_embedded
+    from .models import EncoderCache
+    from .service import prepare_database
+
+    encoders = EncoderCache.from_settings(settings)
+    if prepare:
+        return prepare_database(settings, encoders), encoders
+    if not settings.database_url:
+        settings = replace(settings, database_url=start_embedded(settings.data_dir))
+    return settings, encoders
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """jobs …, search and demo: run one console coroutine, turning user errors into a message."""
+    import asyncio
+
+    import psycopg
+
+    from . import console
+    from .errors import UserError
+
+    settings = _settings(args)
+    _setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    try:
+        settings, encoders = _database(settings, prepare=args.command == "demo")
+        if args.command == "demo":
+            coroutine = console.demo(settings, encoders)
+        elif args.command == "search":
+            coroutine = console.search(settings, encoders, args.job_name, args.query, args.limit)
+        elif args.jobs_command == "list":
+            coroutine = console.jobs_list(settings)
+        elif args.jobs_command == "show":
+            coroutine = console.jobs_show(settings, args.job_name)
+        elif args.jobs_command == "wait":
+            coroutine = console.jobs_wait(settings, args.job_name, args.timeout)
+        elif args.jobs_command == "delete":
+            coroutine = console.jobs_delete(settings, args.job_name)
+        else:
+            definition = {
+                "job_name": args.job_name,
+                "src_schema": args.schema,
+                "src_table": args.table,
+                "src_columns": [c.strip() for c in args.columns.split(",")],
+                "primary_key": args.primary_key,
+                "update_time_col": args.update_time_col,
+                "model": args.model,
+            }
+            coroutine = console.jobs_create(settings, definition)
+        return asyncio.run(coroutine)
+    except UserError as exc:
+        print(f"vectorize: {exc.message}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(f"vectorize: cannot reach the database: {str(exc).strip()}", file=sys.stderr)
+        return 1
+
+
+def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
+    jobs = sub.add_parser("jobs", help="list, show, wait for, create or delete jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_sub.add_parser("list", help="every job with its progress").set_defaults(func=cmd_console)
+    for name, text in (
+        ("show", "one job's definition, progress and last errors"),
+        ("delete", "remove a job, its triggers and its embeddings"),
+    ):
+        p = jobs_sub.add_parser(name, help=text)
+        p.add_argument("job_name")
+        p.set_defaults(func=cmd_console)
+    p = jobs_sub.add_parser("wait", help="progress bar until the backfill is done; exits 1 if the job fails")
+    p.add_argument("job_name")
+    p.add_argument("--timeout", type=float, help="give up (exit 1) after this many seconds")
+    p.set_defaults(func=cmd_console)
+    p = jobs_sub.add_parser("create", help="create a job (same rules as POST /api/v1/table)")
+    p.add_argument("job_name")
+    p.add_argument("--table", required=True, help="source table")
+    p.add_argument("--schema", default="public", help="its schema (default public)")
+    p.add_argument("--columns", required=True, help="comma-separated columns to embed")
+    p.add_argument("--primary-key", required=True, help="primary-key (or unique, not-null) column")
+    p.add_argument("--update-time-col", required=True, help="timestamptz column with each row's last update")
+    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.set_defaults(func=cmd_console)
+    p = sub.add_parser("search", help="search a job and print the nearest rows")
+    p.add_argument("job_name")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=cmd_console)
+    sub.add_parser("demo", help="load pg_vectorize's 40 example products, embed them and search them").set_defaults(
+        func=cmd_console
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vectorize",
@@ -107,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="API port (default 8080)")
         p.add_argument("--log-level", help="DEBUG, INFO, WARNING")
         p.set_defaults(func=cmd_serve)
+    _add_jobs_commands(sub)
     p = sub.add_parser("migrate", help="apply the schema to the database and register the models")
     p.set_defaults(func=cmd_migrate)
     models = sub.add_parser("models", help="list or export embedding models").add_subparsers(dest="models_command", required=True)

@@ -34,6 +34,10 @@ class Settings:
     #: Inference threads (default: every core).
     threads: int | None = None
     log_level: str = "INFO"
+    #: Tries before a failing row is parked in vectorize.failure.
+    max_attempts: int = 5
+    #: Seconds before the first retry of a failed row; doubles with each try (capped at 5 min).
+    retry_backoff: float = 1.0
     max_body_bytes: int = 1 << 20
     #: Comma-separated models served by an OpenAI-compatible API, usable as "openai/<model>".
     openai_models: str = ""
@@ -66,6 +70,8 @@ def _parse(name: str, raw: str) -> object:
         "models_dir": Path,
         "port": int,
         "batch_size": int,
+        "max_attempts": int,
+        "retry_backoff": float,
         "poll_interval": float,
         "threads": int,
         "max_body_bytes": int,

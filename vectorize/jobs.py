@@ -78,3 +78,35 @@ async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:
         row = await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
     if row is None:
         raise UserError(404, f"job {job_name!r} does not exist")
+
+
+def _status_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["id"] = str(out["id"])
+    for key in ("backfilled_at", "last_activity", "created_at"):
+        if out.get(key) is not None:
+            out[key] = out[key].isoformat()
+    # Rows per second over the last minute.
+    out["rate_per_second"] = round((out.pop("embedded_last_minute") or 0) / 60.0, 2)
+    return out
+
+
+async def list_jobs(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(query("job_status_all"))).fetchall()
+    return [_status_row(r) for r in rows]
+
+
+async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10) -> dict[str, Any]:
+    """One job's definition and progress, with its most recent failures."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query("job_status_one"), {"job_name": job_name})).fetchone()
+        if row is None:
+            raise UserError(404, f"job {job_name!r} does not exist")
+        failures = await (await conn.execute(query("job_failures"), {"job_id": row["id"], "limit": errors})).fetchall()
+    status = _status_row(row)
+    status["last_errors"] = [
+        {"pk": f["pk"], "attempts": f["attempts"], "error": f["last_error"], "failed_at": f["failed_at"].isoformat()}
+        for f in failures
+    ]
+    return status

@@ -9,11 +9,34 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from . import metrics
 from .errors import UserError, from_database
 from .models import EncoderCache
 from .queries import query
 
 MAX_LIMIT = 1000
+
+
+#: Search options besides job_name/query/limit; any other GET parameter is a filter.
+RANKING_OPTIONS = {"semantic_wt": 1.0, "fts_wt": 1.0, "rrf_k": 60.0}
+
+
+def parse_ranking(params: dict[str, Any]) -> dict[str, float]:
+    """Pop the hybrid-ranking options out of ``params`` (defaults where absent)."""
+    ranking = {}
+    for name, default in RANKING_OPTIONS.items():
+        raw = params.pop(name, None)
+        if raw is None or raw == "":
+            ranking[name] = default
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise UserError(400, f"{name} must be a non-negative number, got {raw!r}") from None
+        if isinstance(raw, bool) or not value >= 0 or value == float("inf"):
+            raise UserError(400, f"{name} must be a non-negative number, got {raw!r}")
+        ranking[name] = value
+    return ranking
 
 
 def parse_limit(raw: object, default: int = 10) -> int:
@@ -35,6 +58,21 @@ async def search(
     text: str,
     limit: int = 10,
     filters: dict[str, Any] | None = None,
+    ranking: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL)."""
+    with metrics.SEARCH_SECONDS.time():
+        return await _search(pool, encoders, job_name, text, limit, filters, ranking)
+
+
+async def _search(
+    pool: AsyncConnectionPool,
+    encoders: EncoderCache,
+    job_name: str,
+    text: str,
+    limit: int,
+    filters: dict[str, Any] | None,
+    ranking: dict[str, float] | None,
 ) -> list[dict[str, Any]]:
     try:
         async with pool.connection() as conn:
@@ -45,7 +83,15 @@ async def search(
             (vector,) = await asyncio.to_thread(encoder.embed, [text])
             cur = await conn.execute(
                 query("search"),
-                {"job_name": job_name, "embedding": vector, "limit": limit, "filters": Jsonb(filters or {})},
+                {
+                    "job_name": job_name,
+                    "embedding": vector,
+                    "limit": limit,
+                    "filters": Jsonb(filters or {}),
+                    "query": text,
+                    **RANKING_OPTIONS,
+                    **(ranking or {}),
+                },
             )
             return [r["result"] for r in await cur.fetchall()]
     except psycopg.Error as exc:

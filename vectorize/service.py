@@ -16,6 +16,7 @@ from dataclasses import replace
 import psycopg
 from aiohttp import web
 
+from . import systemd
 from .api import DEFAULT_MODEL, create_app
 from .config import Settings
 from .db import make_pool, migrate
@@ -78,7 +79,12 @@ async def serve(
             tasks.append(asyncio.create_task(Worker(settings, encoders).run(stop), name="worker"))
             print("worker: running", flush=True)
         log.info("event=ready api=%s worker=%s", api, worker)
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(systemd.watchdog(stop, interval), name="watchdog"))
         await stop.wait()
+        systemd.notify("STOPPING=1")
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
             for task in pending:

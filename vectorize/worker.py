@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from . import metrics
 from .config import Settings
 from .db import make_pool
 from .models import EncoderCache
@@ -25,8 +26,6 @@ from .queries import query
 
 log = logging.getLogger(__name__)
 
-#: Tries before a row is parked in vectorize.failure.
-MAX_ATTEMPTS = 5
 #: Errors that mean the job's source itself is broken, not one row.
 SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
 
@@ -223,6 +222,9 @@ class Worker:
                 )
         await conn.execute(query("apply_batch"), {"job_id": job.id, "gone": gone})
         self.rows_embedded += len(changed)
+        metrics.ROWS_EMBEDDED.labels(job.job_name).inc(len(changed))
+        metrics.BATCHES.labels(job.job_name).inc()
+        metrics.INFERENCE_SECONDS.labels(job.job_name).observe(infer_done - started)
         log.info(
             "event=batch job=%s rows=%d embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
             job.job_name,
@@ -237,11 +239,13 @@ class Worker:
     async def _defer(self, job: Job, item: Claimed, exc: BaseException) -> None:
         """Count a failed try; park the row in vectorize.failure once it has used them all."""
         error = f"{type(exc).__name__}: {exc}"[:1000]
+        metrics.ROW_FAILURES.labels(job.job_name).inc()
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                cur = await conn.execute(query("defer_items"), {"ids": item.ids})
+                cur = await conn.execute(query("defer_items"), {"ids": item.ids, "backoff": self.settings.retry_backoff})
                 attempts = max((row["attempts"] for row in await cur.fetchall()), default=0)
-                if attempts >= MAX_ATTEMPTS:
+                parked = attempts >= self.settings.max_attempts
+                if parked:
                     await conn.execute(
                         query("park_failure"), {"job_id": job.id, "pk": item.pk, "attempts": attempts, "error": error}
                     )
@@ -250,7 +254,7 @@ class Worker:
             "event=row_failed job=%s attempts=%d parked=%s error_type=%s",
             job.job_name,
             attempts,
-            attempts >= MAX_ATTEMPTS,
+            parked,
             type(exc).__name__,
         )
 

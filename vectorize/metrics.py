@@ -1,0 +1,45 @@
+"""Prometheus metrics. Counters live in the process that does the work (the worker's
+appear on /metrics when it runs beside the API, as in `vectorize up`); the per-job
+gauges are read from the database at scrape time, so any API process reports them."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ROWS_EMBEDDED = Counter("vectorize_rows_embedded", "Rows whose embedding was written", ["job"], registry=REGISTRY)
+BATCHES = Counter("vectorize_batches", "Worker batches committed", ["job"], registry=REGISTRY)
+INFERENCE_SECONDS = Histogram(
+    "vectorize_inference_seconds",
+    "Seconds spent embedding one batch",
+    ["job"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ROW_FAILURES = Counter("vectorize_row_failures", "Failed tries to embed a row", ["job"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("vectorize_queue_depth", "Queue items waiting, per job", ["job"], registry=REGISTRY)
+FAILED_ROWS = Gauge("vectorize_failed_rows", "Rows parked in vectorize.failure, per job", ["job"], registry=REGISTRY)
+EMBEDDED_ROWS = Gauge("vectorize_embedded_rows", "Rows with an embedding, per job", ["job"], registry=REGISTRY)
+SEARCH_SECONDS = Histogram("vectorize_search_seconds", "Search latency, query embedding included", registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "vectorize_http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=REGISTRY
+)
+
+
+def update_job_gauges(statuses: list[dict]) -> None:
+    """Set the per-job gauges from vectorize.job_status rows."""
+    for gauge in (QUEUE_DEPTH, FAILED_ROWS, EMBEDDED_ROWS):
+        gauge.clear()
+    for row in statuses:
+        QUEUE_DEPTH.labels(row["job_name"]).set(row["pending"] or 0)
+        FAILED_ROWS.labels(row["job_name"]).set(row["failed_rows"] or 0)
+        EMBEDDED_ROWS.labels(row["job_name"]).set(row["embedded_rows"] or 0)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+__all__ = ["CONTENT_TYPE", "render"]

@@ -1,0 +1,249 @@
+"""The OpenAPI 3 description of the HTTP API, served at /api/v1/openapi.json.
+
+tests/test_openapi.py runs schemathesis against the live app, so this document
+and the real responses cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .jobs import JOB_FIELDS
+from .search import MAX_LIMIT
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_NAME = {"type": "string", "minLength": 1}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "the request is malformed or breaks a rule; the message names what and how to fix it",
+        401: "missing or wrong bearer token (only when VECTORIZE_API_TOKEN is set)",
+        403: "the database role may not read the source table",
+        404: "no such job, schema, table or column",
+        409: "a job with this name exists with a different definition",
+        413: "request body larger than the limit",
+        500: "internal error; the message names a request id to find in the server log",
+        503: "the database is unavailable",
+    }
+    return {
+        str(status): {"description": reasons[status], "content": {"application/json": {"schema": _ERROR}}}
+        for status in (*statuses, 401, 500, 503)
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_SEARCH_PARAMS = [
+    {"name": "job_name", "in": "query", "required": True, "schema": _NAME},
+    {"name": "query", "in": "query", "required": True, "schema": _NAME},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 10}},
+    {"name": "semantic_wt", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 1.0}},
+    {"name": "fts_wt", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 1.0}},
+    {"name": "rrf_k", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 60}},
+]
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "vectorize",
+        "version": "1",
+        "description": "Create jobs that keep embeddings of a PostgreSQL table in sync, and search them. "
+        "Any other query parameter of GET /api/v1/search filters on a source column: col=value or col=op.value "
+        "with op one of eq, gt, gte, lt, lte.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "VectorizeJob": {
+                "type": "object",
+                "required": list(JOB_FIELDS),
+                "additionalProperties": False,
+                "properties": {
+                    name: ({"type": "array", "items": {"type": "string"}, "minItems": 1} if kind is list else {"type": "string"})
+                    for name, kind in JOB_FIELDS.items()
+                },
+            },
+            "SearchRequest": {
+                "type": "object",
+                "required": ["job_name", "query"],
+                "additionalProperties": False,
+                "properties": {
+                    "job_name": _NAME,
+                    "query": _NAME,
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                    "filters": {
+                        "type": "object",
+                        "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+                    },
+                    "semantic_wt": {"type": "number", "minimum": 0},
+                    "fts_wt": {"type": "number", "minimum": 0},
+                    "rrf_k": {"type": "number", "minimum": 0},
+                },
+            },
+            "SearchResult": {
+                "type": "object",
+                "description": "Every column of the source row, plus the scores.",
+                "required": ["similarity_score", "semantic_rank", "fts_rank", "rrf_score"],
+                "properties": {
+                    "similarity_score": {"type": "number"},
+                    "semantic_rank": {"type": "integer", "nullable": True},
+                    "fts_rank": {"type": "integer", "nullable": True},
+                    "rrf_score": {"type": "number"},
+                },
+            },
+            "JobStatus": {
+                "type": "object",
+                "required": ["job_name", "id", "status", "embedded_rows", "pending", "failed_rows", "backfill_done"],
+                "properties": {
+                    "job_name": {"type": "string"},
+                    "id": {"type": "string", "format": "uuid"},
+                    "src_schema": {"type": "string"},
+                    "src_table": {"type": "string"},
+                    "src_columns": {"type": "array", "items": {"type": "string"}},
+                    "primary_key": {"type": "string"},
+                    "update_time_col": {"type": "string"},
+                    "model": {"type": "string"},
+                    "status": {"type": "string", "enum": ["active", "failed"]},
+                    "status_message": {"type": "string", "nullable": True},
+                    "source_rows": {"type": "integer", "nullable": True},
+                    "source_rows_estimated": {"type": "boolean", "nullable": True},
+                    "embedded_rows": {"type": "integer", "nullable": True},
+                    "pending": {"type": "integer"},
+                    "failed_rows": {"type": "integer"},
+                    "rate_per_second": {"type": "number"},
+                    "backfill_done": {"type": "boolean"},
+                    "backfilled_at": {"type": "string", "nullable": True},
+                    "last_activity": {"type": "string", "nullable": True},
+                    "created_at": {"type": "string"},
+                    "last_errors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "pk": {"type": "string"},
+                                "attempts": {"type": "integer"},
+                                "error": {"type": "string"},
+                                "failed_at": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        },
+    },
+    "security": [{}, {"bearer": []}],
+    "paths": {
+        "/api/v1/table": {
+            "post": {
+                "summary": "Create a job (idempotent for an identical definition)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
+                        "job created",
+                    ),
+                    **_errors(400, 403, 404, 409, 413),
+                },
+            },
+            "get": {
+                "summary": "List jobs with their progress",
+                "responses": {
+                    "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/JobStatus"}}, "every job"),
+                    **_errors(),
+                },
+            },
+        },
+        "/api/v1/table/{job_name}": {
+            "parameters": [{"name": "job_name", "in": "path", "required": True, "schema": _NAME}],
+            "get": {
+                "summary": "One job: definition, progress, last errors",
+                "responses": {"200": _json({"$ref": "#/components/schemas/JobStatus"}, "the job"), **_errors(404)},
+            },
+            "delete": {
+                "summary": "Delete a job with its triggers, queue items and embeddings",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["job_name", "message"],
+                            "properties": {"job_name": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                        "deleted",
+                    ),
+                    **_errors(404),
+                },
+            },
+        },
+        "/api/v1/search": {
+            "get": {
+                "summary": "Nearest rows to a query (hybrid vector + full-text ranking)",
+                "parameters": _SEARCH_PARAMS,
+                "responses": {
+                    "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                    **_errors(400, 403, 404),
+                },
+            },
+            "post": {
+                "summary": "The same search with a JSON body and a filters object",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
+                },
+                "responses": {
+                    "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                    **_errors(400, 403, 404, 413),
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "summary": "Overall health",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Health"}, "healthy"),
+                    "503": _json({"$ref": "#/components/schemas/Health"}, "database unreachable"),
+                    "401": _errors()["401"],
+                },
+            }
+        },
+        "/health/live": {
+            "get": {
+                "summary": "The process answers",
+                "security": [{}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Health"}, "alive")},
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Database reachable and model loaded",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Health"}, "ready"),
+                    "503": _json({"$ref": "#/components/schemas/Health"}, "not ready"),
+                    "401": _errors()["401"],
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(),
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document"), **_errors()},
+            }
+        },
+    },
+}
