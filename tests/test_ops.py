@@ -49,6 +49,7 @@ async def test_sql_search_gives_the_api_results(api, conn, products, start_worke
             json={"job_name": "my_job", "query": "camping gear", "limit": 5, "filters": {"price": "lt.50"}, "fts_wt": 0},
         )
     ).json()
+    assert isinstance(api_rows, list), api_rows
     assert [r["r"]["product_id"] for r in sql_rows] == [r["product_id"] for r in api_rows]
     assert all(r["price"] < 50 for r in api_rows) and len(api_rows) == 5
 

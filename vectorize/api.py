@@ -58,9 +58,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         limit = request.app[SETTINGS].max_body_bytes
         return _error(413, f"request body is larger than the limit of {limit} bytes")
     except web.HTTPMethodNotAllowed as exc:
-        return _error(
-            405, f"method {request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}"
-        )
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = _error(405, f"method {request.method} is not allowed on {request.path}; use {allowed}")
+        response.headers["Allow"] = allowed
+        return response
     except web.HTTPNotFound:
         return _error(404, f"no route {request.method} {request.path}; see the README for the API")
     except web.HTTPException as exc:
@@ -146,14 +147,15 @@ async def search_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
-    unknown = sorted(set(body) - {"job_name", "query", "limit", "filters"})
+    allowed = {"job_name", "query", "limit", "filters", *search.RANKING_OPTIONS}
+    unknown = sorted(set(body) - allowed)
     if unknown:
-        raise UserError(400, f"unknown field {unknown[0]!r}; search takes job_name, query, limit and filters")
+        raise UserError(400, f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
         raise UserError(400, 'filters must be a JSON object of column: value or column: "op.value"')
-    job_name, text, limit, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
-    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters)
+    job_name, text, limit, ranking, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
+    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters, ranking)
     return web.json_response(results)
 
 
