@@ -6,7 +6,13 @@
 select pg_advisory_xact_lock(hashtext('vectorize.migrations'));
 
 -- name: create_migrations_table
-create schema if not exists vectorize;
+-- Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database,
+-- which a least-privilege role given an existing schema does not have.
+do $$ begin
+    if to_regnamespace('vectorize') is null then
+        create schema vectorize;
+    end if;
+end $$;
 create table if not exists vectorize.migration (
     name       text primary key,
     applied_at timestamptz not null default now()

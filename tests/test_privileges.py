@@ -1,0 +1,86 @@
+"""The daemon runs as a plain role with the documented grants; others cannot reach what they may not read."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from vectorize.db import migrate
+from vectorize.models import register_models
+
+from .conftest import MY_JOB, _url_for, wait_until
+
+GRANTS = """
+create role vz_daemon login;
+create role vz_intruder login;
+create extension if not exists vector;
+create schema vectorize authorization vz_daemon;
+create table public.my_products (product_id int primary key, product_name text, description text,
+                                 updated_at timestamptz default now());
+insert into public.my_products values (1, 'Tent', 'Shelter for camping'), (2, 'Stove', 'Cooks food outdoors');
+grant select, trigger on public.my_products to vz_daemon;
+"""
+
+
+@pytest.fixture
+def least_privilege_db(pg_admin_url: str):
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute("drop database if exists least_priv with (force)")
+        admin.execute("drop role if exists vz_daemon")
+        admin.execute("drop role if exists vz_intruder")
+        admin.execute("create database least_priv")
+    owner_url = _url_for(pg_admin_url, "least_priv")
+    with psycopg.connect(owner_url, autocommit=True) as owner:
+        owner.execute(GRANTS)
+    yield owner_url
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute("drop database least_priv with (force)")
+        admin.execute("drop role vz_daemon")
+        admin.execute("drop role vz_intruder")
+
+
+async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, encoders, start_worker, settings) -> None:
+    daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
+    with psycopg.connect(daemon_url) as conn:
+        assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0] is False
+    migrate(daemon_url)
+    with psycopg.connect(daemon_url) as conn:
+        register_models(conn, encoders)
+    with psycopg.connect(daemon_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_columns)s,"
+                " %(primary_key)s, %(update_time_col)s, %(model)s)"
+            ),
+            MY_JOB,
+        )
+    start_worker(database_url=daemon_url)
+    with psycopg.connect(least_privilege_db, autocommit=True) as owner:
+        count = "select count(*) from vectorize._embeddings_my_job"
+        await wait_until(lambda: owner.execute(count).fetchone()[0] == 2, timeout=30)
+        # The table's owner (not the daemon) writes; the capture trigger still queues the change.
+        owner.execute("insert into public.my_products values (3, 'Lantern', 'Light for the tent')")
+        await wait_until(lambda: owner.execute(count).fetchone()[0] == 3, timeout=10)
+
+
+def test_role_without_access_cannot_create_a_job(least_privilege_db: str, encoders) -> None:
+    daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
+    migrate(daemon_url)
+    with psycopg.connect(daemon_url, autocommit=True) as conn:
+        register_models(conn, encoders)
+        conn.execute("grant usage on schema vectorize to vz_intruder")
+        conn.execute("grant insert, select on vectorize.job to vz_intruder")
+        conn.execute("grant select on vectorize.model to vz_intruder")
+    intruder_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_intruder")
+    with psycopg.connect(intruder_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            conn.execute(
+                "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
+                " values ('steal', 'my_products', 'public', '{description}', 'product_id', 'updated_at', %s)",
+                (MY_JOB["model"],),
+            )
+        assert "cannot read table public.my_products" in info.value.diag.message_primary
+    with psycopg.connect(least_privilege_db) as owner:
+        assert owner.execute("select count(*) from vectorize.job").fetchone()[0] == 0
+        assert owner.execute("select count(*) from pg_trigger where tgname like 'vectorize_%'").fetchone()[0] == 0
