@@ -178,11 +178,15 @@ begin
         v_emb, j.primary_key, j.pk_type, j.dimension);
     execute format('create index %I on vectorize.%I using hnsw (embedding vector_cosine_ops)', v_emb || '_hnsw', v_emb);
     execute format('create index %I on vectorize.%I using gin (fts)', v_emb || '_fts', v_emb);
+    -- Only the key and the embedded columns: a view depends on every column it names,
+    -- and naming all of them (s.*) would block DROP COLUMN of unrelated columns.
     execute format(
         'create view vectorize.%I as
-             select s.*, e.embedding as vectorize_embedding, e.updated_at as vectorize_updated_at
+             select s.%I, %s, e.embedding as vectorize_embedding, e.updated_at as vectorize_updated_at
                from %I.%I s join vectorize.%I e on e.%I = s.%I',
-        j.job_name || '_view', j.src_schema, j.src_table, v_emb, j.primary_key, j.primary_key);
+        j.job_name || '_view', j.primary_key,
+        (select string_agg(format('s.%I', c), ', ') from unnest(j.src_columns) c where c <> j.primary_key),
+        j.src_schema, j.src_table, v_emb, j.primary_key, j.primary_key);
 
     -- "Did any embedded column change?" compared as text, the form that is embedded
     -- (so types without an equality operator, like json, work too).
@@ -200,6 +204,10 @@ begin
         declare
             queued bigint := 0;
         begin
+            -- A failed job stops collecting work (one primary-key lookup per statement).
+            if not exists (select 1 from vectorize.job where id = %2$L::uuid and status = 'active') then
+                return null;
+            end if;
             if tg_op = 'INSERT' then
                 insert into vectorize.queue (job_id, pk) select %2$L::uuid, n.%3$I::text from new_rows n;
                 get diagnostics queued = row_count;
@@ -225,6 +233,15 @@ begin
             if queued > 0 then
                 perform pg_notify('vectorize', %2$L);
             end if;
+            return null;
+        exception when undefined_column or undefined_table or datatype_mismatch then
+            -- A column the job embeds was dropped or renamed: the user's write must
+            -- still succeed, so the job is marked failed instead of raising here.
+            update vectorize.job
+               set status = 'failed',
+                   status_message = format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm)
+             where id = %2$L::uuid and status <> 'failed';
+            delete from vectorize.queue where job_id = %2$L::uuid;
             return null;
         end $body$ $f$,
         v_capture, j.id, j.primary_key, v_changed, v_emb);

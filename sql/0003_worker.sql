@@ -12,6 +12,23 @@ language sql stable as $$
       from unnest(j.src_columns) with ordinality as u(c, ord)
 $$;
 
+-- The source table's current qualified name, found by OID so a renamed table is
+-- followed. A dropped table raises undefined_table, which fails the job.
+create or replace function vectorize._source(j vectorize.job) returns text
+language plpgsql stable as $$
+declare
+    v_name text;
+begin
+    select format('%I.%I', n.nspname, c.relname) into v_name
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where c.oid = j.src_relid;
+    if v_name is null then
+        raise exception using errcode = 'undefined_table',
+            message = format('source table %I.%I of job %s no longer exists', j.src_schema, j.src_table, j.job_name);
+    end if;
+    return v_name;
+end $$;
+
 -- One page of the keyset scan that backfills a job and reconciles it after
 -- downtime: queue the next rows (by primary key) whose embedding is missing or
 -- older than the row's update_time_col. Returns how many rows it looked at;
@@ -31,21 +48,21 @@ begin
     end if;
     execute format(
         'with page as (
-             select s.%1$I as pk, s.%4$I as version
-               from %2$I.%3$I s
-              where $1::text is null or s.%1$I > $1::%5$s
+             select s.%1$I as pk, s.%3$I as version
+               from %2$s s
+              where $1::text is null or s.%1$I > $1::%4$s
               order by s.%1$I
               limit $2),
          queued as (
              insert into vectorize.queue (job_id, pk)
              select $3, p.pk::text from page p
-              where not exists (select 1 from vectorize.%6$I e
+              where not exists (select 1 from vectorize.%5$I e
                                  where e.%1$I = p.pk and e.source_updated_at >= p.version)
              returning 1)
          select (select count(*) from page)::int,
                 (select p.pk::text from page p order by p.pk desc limit 1),
                 (select count(*) from queued)::int',
-        j.primary_key, j.src_schema, j.src_table, j.update_time_col, j.pk_type, '_embeddings_' || j.job_name)
+        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, '_embeddings_' || j.job_name)
       into v_seen, v_last
       using j.scan_cursor, p_page, j.id;
     if v_seen < p_page then
@@ -69,10 +86,10 @@ begin
     select * into j from vectorize.job where id = p_job_id;
     return query execute format(
         'select s.%1$I::text, %2$s, s.%3$I, e.content_hash
-           from %4$I.%5$I s
-           left join vectorize.%6$I e on e.%1$I = s.%1$I
-          where s.%1$I = any($1::%7$s[])',
-        j.primary_key, vectorize._content_expr(j), j.update_time_col, j.src_schema, j.src_table,
+           from %4$s s
+           left join vectorize.%5$I e on e.%1$I = s.%1$I
+          where s.%1$I = any($1::%6$s[])',
+        j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
         '_embeddings_' || j.job_name, j.pk_type)
     using p_pks;
 end $$;
@@ -98,12 +115,12 @@ begin
          select s.pk::%3$s, s.embedding, to_tsvector(''english'', s.content), s.content_hash, s.source_updated_at, s.version, now()
            from pg_temp.vectorize_staging s
           where s.embedding is not null
-            and exists (select 1 from %4$I.%5$I src where src.%2$I = s.pk::%3$s)
+            and exists (select 1 from %4$s src where src.%2$I = s.pk::%3$s)
          on conflict (%2$I) do update
             set embedding = excluded.embedding, fts = excluded.fts, content_hash = excluded.content_hash,
                 source_updated_at = excluded.source_updated_at, version = excluded.version, updated_at = now()
           where e.version <= excluded.version',
-        v_emb, j.primary_key, j.pk_type, j.src_schema, j.src_table);
+        v_emb, j.primary_key, j.pk_type, vectorize._source(j));
     get diagnostics v_written = row_count;
     execute format(
         'update vectorize.%1$I e
@@ -115,8 +132,8 @@ begin
         execute format(
             'delete from vectorize.%1$I e
               where e.%2$I = any($1::%3$s[])
-                and not exists (select 1 from %4$I.%5$I src where src.%2$I = e.%2$I)',
-            v_emb, j.primary_key, j.pk_type, j.src_schema, j.src_table)
+                and not exists (select 1 from %4$s src where src.%2$I = e.%2$I)',
+            v_emb, j.primary_key, j.pk_type, vectorize._source(j))
         using p_gone;
     end if;
     delete from vectorize.failure f

@@ -25,7 +25,7 @@ begin
             source_rows := v_estimate::bigint;
             source_rows_estimated := true;
         else
-            execute format('select count(*) from %I.%I', j.src_schema, j.src_table) into source_rows;
+            execute format('select count(*) from %s', vectorize._source(j)) into source_rows;
             source_rows_estimated := false;
         end if;
         execute format('select count(*), count(*) filter (where updated_at > now() - interval ''1 minute''), max(updated_at)
@@ -72,22 +72,32 @@ begin
        or p_semantic_wt < 0 or p_fts_wt < 0 then
         perform vectorize._fail('VZ400', 'semantic_wt, fts_wt and rrf_k must be non-negative numbers');
     end if;
+    if j.status = 'failed' then
+        perform vectorize._fail('VZ409', format('job %s has failed: %s', to_json(j.job_name), j.status_message),
+                                'delete the job and create it again');
+    end if;
+    begin
+        perform vectorize._source(j);
+    exception when undefined_table then
+        perform vectorize._fail('VZ409', format('the source table of job %s no longer exists', to_json(j.job_name)),
+                                'delete the job');
+    end;
     v_filter := vectorize._filter_clause(j, p_filters);
     -- Filtered HNSW scans keep going until enough rows pass the filter, so a
     -- selective filter still yields num_results rows when that many match.
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
     return query execute format(
         'with semantic as (
-             select e.%4$I as pk, 1 - (e.embedding <=> $1) as similarity,
+             select e.%3$I as pk, 1 - (e.embedding <=> $1) as similarity,
                     row_number() over (order by e.embedding <=> $1) as rank
-               from (select e.* from vectorize.%1$I e join %2$I.%3$I s on s.%4$I = e.%4$I
-                      where %5$s order by e.embedding <=> $1 limit $2) e),
+               from (select e.* from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I
+                      where %4$s order by e.embedding <=> $1 limit $2) e),
          fts as (
-             select e.%4$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%4$I) as rank
-               from vectorize.%1$I e join %2$I.%3$I s on s.%4$I = e.%4$I,
+             select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
+               from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I,
                     websearch_to_tsquery(''english'', coalesce($3, '''')) q
-              where $3 is not null and e.fts @@ q and %5$s
-              order by ts_rank_cd(e.fts, q) desc, e.%4$I
+              where $3 is not null and e.fts @@ q and %4$s
+              order by ts_rank_cd(e.fts, q) desc, e.%3$I
               limit $2),
          fused as (
              select coalesce(se.pk, f.pk) as pk, se.rank as semantic_rank, f.rank as fts_rank,
@@ -97,10 +107,10 @@ begin
                     ''similarity_score'', 1 - (e.embedding <=> $1),
                     ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score)
            from fused fu
-           join %2$I.%3$I s on s.%4$I = fu.pk
-           join vectorize.%1$I e on e.%4$I = fu.pk
+           join %2$s s on s.%3$I = fu.pk
+           join vectorize.%1$I e on e.%3$I = fu.pk
           order by fu.rrf_score desc, e.embedding <=> $1
           limit $2',
-        '_embeddings_' || j.job_name, j.src_schema, j.src_table, j.primary_key, v_filter)
+        '_embeddings_' || j.job_name, vectorize._source(j), j.primary_key, v_filter)
     using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k;
 end $$;

@@ -151,7 +151,11 @@ select pk, max(id) as version, array_agg(id) as ids, max(attempts) as attempts
  group by pk;
 
 -- name: fail_job
-update vectorize.job set status = 'failed', status_message = %(message)s where id = %(job_id)s;
+-- The job's pending work goes with it: nothing will process it.
+with failed as (
+    update vectorize.job set status = 'failed', status_message = %(message)s where id = %(job_id)s returning id
+)
+delete from vectorize.queue q using failed f where q.job_id = f.id;
 
 -- name: database_exists
 select 1 from pg_database where datname = %(name)s;
@@ -161,3 +165,16 @@ create database {};
 
 -- name: table_exists
 select to_regclass(%(name)s) is not null as exists;
+
+-- name: fail_orphaned_jobs
+-- A dropped source table takes its capture triggers with it, so nothing would
+-- ever tell the worker; check the catalog on every pass instead (cheap).
+update vectorize.job j
+   set status = 'failed',
+       status_message = format('source table %I.%I no longer exists; delete the job', j.src_schema, j.src_table)
+ where j.status = 'active'
+   and not exists (select 1 from pg_catalog.pg_class c where c.oid = j.src_relid)
+returning j.job_name, j.id;
+
+-- name: drop_failed_job_queue
+delete from vectorize.queue where job_id = any(%(ids)s);

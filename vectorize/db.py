@@ -76,16 +76,25 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     await conn.set_autocommit(True)
 
 
-def make_pool(database_url: str, *, min_size: int = 1, max_size: int = 4, name: str = "vectorize") -> AsyncConnectionPool:
-    """A pool that reconnects by itself after a server restart (checked before each use)."""
+def make_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 4, name: str = "vectorize", timeout: float = 5.0
+) -> AsyncConnectionPool:
+    """A pool that reconnects by itself after a server restart (checked before each use).
+
+    ``timeout`` bounds the wait for a connection, so a request during a database outage
+    fails fast (the API answers 503) instead of hanging."""
     return AsyncConnectionPool(
         database_url,
         min_size=min_size,
         max_size=max_size,
+        timeout=timeout,
         kwargs={"row_factory": dict_row},
         configure=_configure,
         check=AsyncConnectionPool.check_connection,
         open=False,
         name=name,
-        reconnect_timeout=3600,
+        # Give up a reconnection attempt after a few seconds instead of backing off for an
+        # hour: the next request starts a fresh attempt, so service resumes within about a
+        # second of the server coming back (the worker and API retry on their own schedule).
+        reconnect_timeout=3,
     )

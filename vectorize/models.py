@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
-    def embed(self, texts: list[str]) -> np.ndarray: ...
+    def embed(self, texts: list[str], abort: threading.Event | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

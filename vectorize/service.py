@@ -26,8 +26,9 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-#: Seconds a graceful shutdown may take before the process exits anyway.
-SHUTDOWN_GRACE = 8.0
+#: Seconds the batch in flight may take to finish after SIGTERM; then it is aborted
+#: between inference calls and rolled back, so the process exits within 10 s.
+SHUTDOWN_GRACE = 6.0
 
 
 def prepare_database(settings: Settings, encoders: EncoderCache) -> Settings:
@@ -66,6 +67,7 @@ async def serve(
         _install_signal_handlers(stop)
     await asyncio.to_thread(encoders.get, DEFAULT_MODEL)  # load (and export if needed) before serving
     tasks: list[asyncio.Task[None]] = []
+    workers: list[Worker] = []
     runner: web.AppRunner | None = None
     pool = make_pool(settings.database_url, min_size=1, max_size=8, name="api")
     await pool.open()
@@ -76,7 +78,8 @@ async def serve(
             await web.TCPSite(runner, settings.host, settings.port).start()
             print(f"api: http://{settings.host}:{settings.port}", flush=True)
         if worker:
-            tasks.append(asyncio.create_task(Worker(settings, encoders).run(stop), name="worker"))
+            workers.append(Worker(settings, encoders))
+            tasks.append(asyncio.create_task(workers[0].run(stop), name="worker"))
             print("worker: running", flush=True)
         log.info("event=ready api=%s worker=%s", api, worker)
         systemd.notify("READY=1")
@@ -87,6 +90,10 @@ async def serve(
         systemd.notify("STOPPING=1")
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            if pending:
+                for w in workers:
+                    w.abort.set()
+                _, pending = await asyncio.wait(pending, timeout=2.0)
             for task in pending:
                 task.cancel()
     finally:

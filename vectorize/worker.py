@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import psycopg
+import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
 from .config import Settings
 from .db import make_pool
+from .embedding.encoder import EmbeddingAborted
 from .models import EncoderCache
 from .queries import query
 
@@ -58,6 +61,9 @@ class Worker:
         self._own_pool = pool is None
         self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=2, name="worker")
         self._wake = asyncio.Event()
+        #: Set by the service when a graceful shutdown runs out of time: the batch in
+        #: flight stops between inference calls and its transaction rolls back.
+        self.abort = threading.Event()
         self.rows_embedded = 0
         self.inferences = 0
 
@@ -73,9 +79,16 @@ class Worker:
                 self._wake.clear()
                 try:
                     await self.drain(stop)
-                except psycopg.OperationalError as exc:
-                    log.warning("event=database_unavailable error=%r", str(exc).splitlines()[0] if str(exc) else exc)
+                except EmbeddingAborted:
+                    log.info("event=batch_rolled_back reason=shutdown")
+                    break
+                except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                    log.warning("event=database_unavailable error=%r", _first_line(exc))
                     await _wait_any(stop, None, 1.0)
+                    continue
+                except Exception:  # never die silently: log, back off, try again
+                    log.exception("event=worker_error retry_in=5")
+                    await _wait_any(stop, None, 5.0)
                     continue
                 await _wait_any(stop, self._wake, self.settings.poll_interval)
         finally:
@@ -97,9 +110,7 @@ class Worker:
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.OperationalError as exc:
-                log.warning(
-                    "event=listener_disconnected error=%r retry_in=%.1f", str(exc).splitlines()[0] if str(exc) else exc, delay
-                )
+                log.warning("event=listener_disconnected error=%r retry_in=%.1f", _first_line(exc), delay)
                 await _wait_any(stop, None, delay)
                 delay = min(delay * 2, 5.0)
 
@@ -113,6 +124,11 @@ class Worker:
         total = 0
         while stop is None or not stop.is_set():
             async with self.pool.connection() as conn:
+                orphaned = await (await conn.execute(query("fail_orphaned_jobs"))).fetchall()
+                for row in orphaned:
+                    log.error("event=job_failed job=%s reason=source_table_dropped", row["job_name"])
+                if orphaned:
+                    await conn.execute(query("drop_failed_job_queue"), {"ids": [row["id"] for row in orphaned]})
                 jobs = [Job(**row) for row in await (await conn.execute(query("active_jobs"))).fetchall()]
             progressed = 0
             for job in jobs:
@@ -143,7 +159,7 @@ class Worker:
         """Claim, embed and write one batch in one transaction; isolate a failing row if the batch fails."""
         try:
             return await self._run_batch(job, only_ids)
-        except (psycopg.OperationalError, *SOURCE_BROKEN):
+        except (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN):
             raise
         except Exception as exc:  # an embedding failure: find the row that caused it
             claimed: list[Claimed] = getattr(exc, "claimed", [])
@@ -174,7 +190,7 @@ class Worker:
                     return 0
                 try:
                     await self._embed_and_write(conn, job, claimed)
-                except (psycopg.OperationalError, *SOURCE_BROKEN):
+                except (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN):
                     raise
                 except Exception as exc:
                     exc.claimed = claimed  # type: ignore[attr-defined]
@@ -200,7 +216,7 @@ class Worker:
         vectors: dict[str, np.ndarray] = {}
         if texts:
             encoder = await asyncio.to_thread(self.encoders.get, job.model)
-            matrix = await asyncio.to_thread(encoder.embed, texts)
+            matrix = await asyncio.to_thread(encoder.embed, texts, self.abort)
             vectors = dict(zip(texts, matrix, strict=True))
             self.inferences += len(texts)
         infer_done = time.perf_counter()
@@ -259,10 +275,15 @@ class Worker:
         )
 
     async def _fail_job(self, job: Job, exc: BaseException) -> None:
-        message = f"the job's source is no longer usable: {str(exc).splitlines()[0]}"
+        message = f"the job's source is no longer usable: {_first_line(exc)}"
         async with self.pool.connection() as conn:
             await conn.execute(query("fail_job"), {"job_id": job.id, "message": message})
         log.error("event=job_failed job=%s reason=%r", job.job_name, message)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:

@@ -10,6 +10,7 @@ memory per batch bounded.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,10 @@ MAX_ROWS_PER_BATCH = 64
 
 #: A hook that may raise for a text; tests use it to inject poison rows.
 FailureHook = Callable[[str], None]
+
+
+class EmbeddingAborted(Exception):
+    """``embed`` stopped between inference calls because its abort event was set (shutdown)."""
 
 
 def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
@@ -80,8 +85,11 @@ class Encoder:
         self.session = make_session(onnx_path, threads)
         self.failure_hook: FailureHook | None = None
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` in their given order; rows are L2-normalised float32."""
+    def embed(self, texts: Sequence[str], abort: threading.Event | None = None) -> np.ndarray:
+        """Embed ``texts`` in their given order; rows are L2-normalised float32.
+
+        ``abort`` is checked between inference calls (each well under a second), so a
+        shutdown never waits for a whole large batch."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
@@ -91,6 +99,8 @@ class Encoder:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
         lengths = [len(e.ids) for e in encodings]
         for batch in plan_batches(lengths, self.token_budget, MAX_ROWS_PER_BATCH):
+            if abort is not None and abort.is_set():
+                raise EmbeddingAborted("embedding aborted for shutdown")
             width = max(lengths[i] for i in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)

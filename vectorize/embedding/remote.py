@@ -9,12 +9,15 @@ encoders from a thread.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from .encoder import EmbeddingAborted
 
 PREFIX = "openai/"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -49,10 +52,14 @@ class OpenAIEmbedder:
         self.dimension: int | None = None
         self.failure_hook = None
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], abort: threading.Event | None = None) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dimension or 0), dtype=np.float32)
-        parts = [self._request(list(texts[i : i + REQUEST_BATCH])) for i in range(0, len(texts), REQUEST_BATCH)]
+        parts = []
+        for start in range(0, len(texts), REQUEST_BATCH):
+            if abort is not None and abort.is_set():
+                raise EmbeddingAborted("embedding aborted for shutdown")
+            parts.append(self._request(list(texts[start : start + REQUEST_BATCH])))
         return np.concatenate(parts)
 
     def _request(self, texts: list[str]) -> np.ndarray:
