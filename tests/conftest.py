@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -15,12 +17,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from vectorize.api import create_app
+from vectorize.api import HTTP_PARSER_LIMITS, create_app
 from vectorize.config import Settings
 from vectorize.db import make_pool, migrate
 from vectorize.models import EncoderCache, register_models
@@ -164,3 +167,60 @@ MY_JOB = {
     "update_time_col": "updated_at",
     "model": "sentence-transformers/all-MiniLM-L6-v2",
 }
+
+
+@pytest.fixture(scope="session")
+def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
+    """The real app on a real port, over a database with the example job backfilled."""
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute("drop database if exists openapi_test with (force)")
+        conn.execute(sql.SQL("create database openapi_test template {}").format(sql.Identifier(TEMPLATE)))
+    url = _url_for(pg_admin_url, "openapi_test")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
+        conn.execute(
+            "select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_columns)s,"
+            " %(primary_key)s, %(update_time_col)s, %(model)s)",
+            MY_JOB,
+        )
+    app_settings = replace(Settings(), database_url=url)
+
+    async def backfill() -> None:
+        worker = Worker(app_settings, encoders)
+        await worker.pool.open()
+        await worker.drain()
+        await worker.pool.close()
+
+    asyncio.run(backfill())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    state: dict = {}
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        pool = make_pool(url, max_size=4)
+        loop.run_until_complete(pool.open())
+        runner = web.AppRunner(create_app(app_settings, pool, encoders), **HTTP_PARSER_LIMITS)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        state.update(pool=pool, runner=runner)
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(pool.close())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    yield f"http://127.0.0.1:{port}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def live_db_url(pg_admin_url: str, live_api: str) -> str:
+    """The database behind ``live_api``."""
+    return _url_for(pg_admin_url, "openapi_test")

@@ -200,6 +200,12 @@ async def health_ready(request: web.Request) -> web.Response:
     )
 
 
+#: Request-line and header limits handed to aiohttp's parser. Requests within them get
+#: our JSON errors; beyond them aiohttp itself answers a plain-text 400 before any
+#: handler runs (64 KiB of query string is far more than any search needs).
+HTTP_PARSER_LIMITS = {"max_line_size": 65536, "max_field_size": 65536}
+
+
 def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, encoders: EncoderCache) -> web.Application:
     """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
     app = web.Application(

@@ -61,6 +61,9 @@ async def search(
     ranking: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL)."""
+    for key, value in (filters or {}).items():
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise UserError(400, f"filter {key!r} contains a NUL character, which PostgreSQL cannot compare")
     with metrics.SEARCH_SECONDS.time():
         return await _search(pool, encoders, job_name, text, limit, filters, ranking)
 

@@ -17,7 +17,7 @@ import psycopg
 from aiohttp import web
 
 from . import systemd
-from .api import DEFAULT_MODEL, create_app
+from .api import DEFAULT_MODEL, HTTP_PARSER_LIMITS, create_app
 from .config import Settings
 from .db import make_pool, migrate
 from .embedded import start_embedded
@@ -73,7 +73,7 @@ async def serve(
     await pool.open()
     try:
         if api:
-            runner = web.AppRunner(create_app(settings, pool, encoders), access_log=None)
+            runner = web.AppRunner(create_app(settings, pool, encoders), access_log=None, **HTTP_PARSER_LIMITS)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
             print(f"api: http://{settings.host}:{settings.port}", flush=True)
