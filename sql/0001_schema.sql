@@ -1,13 +1,8 @@
 -- The durable state of vectorize: models, jobs, the work queue and parked failures.
 -- Every process is stateless; everything it needs to resume lives here.
 
--- Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database,
--- which a least-privilege role given an existing schema does not have.
-do $$ begin
-    if to_regnamespace('vectorize') is null then
-        create schema vectorize;
-    end if;
-end $$;
+-- The schema itself is created by the migration runner (sql/queries.sql,
+-- create_migrations_table), since it also holds the migrations table.
 
 -- Models this installation can run. The daemon fills it from models/*.json at
 -- start-up, so the validation trigger can check a job's model from SQL alone.

@@ -146,16 +146,30 @@ async def api(settings: Settings, encoders: EncoderCache) -> AsyncIterator[TestC
     await pool.close()
 
 
+def _poll(predicate: Callable[[], object], deadline: float, timeout: float) -> object:
+    """One look at ``predicate``: its value if truthy, None if not yet, AssertionError once past the deadline."""
+    value = predicate()
+    if value:
+        return value
+    if time.monotonic() > deadline:
+        raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+    return None
+
+
 async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
     """Poll ``predicate`` (sync) until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+    while (value := _poll(predicate, deadline, timeout)) is None:
         await asyncio.sleep(interval)
+    return value
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
+    """``wait_until`` for synchronous tests (subprocess and CLI tests)."""
+    deadline = time.monotonic() + timeout
+    while (value := _poll(predicate, deadline, timeout)) is None:
+        time.sleep(interval)
+    return value
 
 
 MY_JOB = {

@@ -19,7 +19,7 @@ import pytest
 
 from vectorize.paths import SQL_DIR
 
-from .conftest import MY_JOB
+from .conftest import MY_JOB, wait_for
 
 
 def free_port() -> int:
@@ -57,17 +57,6 @@ def http(method: str, url: str, body: object | None = None) -> tuple[int, object
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[int, float]:
