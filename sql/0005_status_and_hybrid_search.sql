@@ -86,6 +86,8 @@ begin
     -- Filtered HNSW scans keep going until enough rows pass the filter, so a
     -- selective filter still yields num_results rows when that many match.
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
+    -- A query of only stop words is fine here; keep PostgreSQL's NOTICE about it off the client.
+    perform set_config('client_min_messages', 'warning', true);
     return query execute format(
         'with semantic as (
              select e.%3$I as pk, 1 - (e.embedding <=> $1) as similarity,

@@ -70,3 +70,40 @@ def test_int8_model_stays_close_to_the_reference(encoders: EncoderCache) -> None
     want = np.array([item["embedding"] for item in items], dtype=np.float32)
     cosine = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.995, (cosine.min(), cosine.mean())
+
+
+def test_export_and_check_a_local_checkpoint_directory(tmp_path) -> None:
+    """`models export --from DIR` then `models check --reference`: the path a user with their
+    own BERT-family checkpoint follows (here: a copy of the MiniLM files in a plain folder)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from vectorize.embedding.registry import ModelManifest, source_dir
+    from vectorize.paths import MODELS_DIR
+
+    checkpoint = tmp_path / "my-minilm"
+    shutil.copytree(source_dir(ModelManifest.from_file(MODELS_DIR / "all-MiniLM-L6-v2.json")), checkpoint)
+    models_dir = tmp_path / "models"
+    env = {"VECTORIZE_MODELS_DIR": str(models_dir), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vectorize", "models", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    exported = run("export", "local/my-minilm", "--from", str(checkpoint))
+    assert exported.returncode == 0, exported.stderr
+    manifest = json.loads((models_dir / "my-minilm.json").read_text())
+    assert manifest["dimension"] == 384 and manifest["max_tokens"] == 256 and manifest["pooling"] == "mean"
+    checked = run("check", "local/my-minilm", "--reference", str(FIXTURES / "minilm_reference.json"))
+    assert checked.returncode == 0, checked.stderr
+    assert "cosine min 0.9999" in checked.stdout or "cosine min 1.0000" in checked.stdout
+    # A reference the model does not reproduce fails the check.
+    wrong = json.loads((FIXTURES / "minilm_reference.json").read_text())
+    wrong["items"][0]["embedding"] = [-x for x in wrong["items"][0]["embedding"]]
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    failed = run("check", "local/my-minilm", "--reference", str(tmp_path / "wrong.json"))
+    assert failed.returncode == 1 and "below the required" in failed.stderr
+    listed = run("list")
+    assert "local/my-minilm" in listed.stdout and "yes" in listed.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .config import Settings
 
@@ -73,9 +74,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_export(args: argparse.Namespace) -> int:
-    from .embedding.registry import ensure_exported, load_manifests
+    from .embedding.registry import ensure_exported, load_manifests, write_manifest
 
     settings = _settings(args)
+    if args.source:
+        if not args.names or len(args.names) != 1:
+            print("vectorize: with --from, give exactly one NAME for the model (e.g. local/bge-small-en-v1.5)", file=sys.stderr)
+            return 2
+        try:
+            write_manifest(Path(args.source), args.names[0], settings.models_dir)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"vectorize: {args.source} is not a usable sentence-transformers directory: {exc}", file=sys.stderr)
+            return 1
     manifests = load_manifests(settings.models_dir)
     names = args.names or list(manifests)
     for name in names:
@@ -182,6 +192,23 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def cmd_models_check(args: argparse.Namespace) -> int:
+    from .embedding.registry import check_against_reference, load_encoder, load_manifests
+
+    settings = _settings(args)
+    manifests = load_manifests(settings.models_dir)
+    if args.name not in manifests:
+        print(f"vectorize: unknown model {args.name!r}; known: {', '.join(manifests)}", file=sys.stderr)
+        return 2
+    cosine = check_against_reference(load_encoder(manifests[args.name], settings.models_dir), Path(args.reference))
+    worst = int(cosine.argmin())
+    print(f"{args.name}: {len(cosine)} texts, cosine min {cosine.min():.6f} (item {worst}), mean {cosine.mean():.6f}")
+    if cosine.min() < args.min_cosine:
+        print(f"vectorize: below the required {args.min_cosine}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vectorize",
@@ -210,7 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("export", help="export models' ONNX graphs from their official weights")
     p.add_argument("names", nargs="*", help="model names (default: all)")
     p.add_argument("--force", action="store_true", help="export again even if the files exist")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="a local BERT-family sentence-transformers directory (safetensors, tokenizer.json, pooling config)",
+    )
     p.set_defaults(func=cmd_models_export)
+    p = models.add_parser("check", help="compare a model's embeddings with a reference set")
+    p.add_argument("name")
+    p.add_argument("--reference", required=True, help='JSON {"items": [{"text": ..., "embedding": [...]}]}')
+    p.add_argument("--min-cosine", type=float, default=0.9999)
+    p.set_defaults(func=cmd_models_check)
     return parser
 
 

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .encoder import Encoder
 from .export import export_checkpoint
 
@@ -155,6 +157,36 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     tmp.replace(out_path)
+
+
+def write_manifest(model_dir: Path, name: str, models_dir: Path) -> ModelManifest:
+    """Describe a local sentence-transformers directory as a manifest in ``models_dir``,
+    pinning its files by checksum so a later change to them is noticed."""
+    from .export import read_checkpoint_info
+
+    info = read_checkpoint_info(model_dir)
+    model_dir = model_dir.resolve()
+    manifest = {
+        "name": name,
+        "source": {"path": str(model_dir)},
+        "dimension": info.hidden_size,
+        "max_tokens": info.max_tokens,
+        "pooling": info.pooling,
+        "normalize": info.normalize,
+        "checksums": {f: _sha256(model_dir / f) for f in ("model.safetensors", "tokenizer.json")},
+    }
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f"{name.rsplit('/', 1)[-1]}.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return ModelManifest.from_file(path)
+
+
+def check_against_reference(encoder: Encoder, reference: Path) -> np.ndarray:
+    """Cosine of each reference embedding (``{"items": [{"text", "embedding"}]}``) to ours."""
+    items = json.loads(reference.read_text())["items"]
+    ours = encoder.embed([item["text"] for item in items])
+    theirs = np.array([item["embedding"] for item in items], dtype=np.float32)
+    return (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1) / np.maximum(np.linalg.norm(ours, axis=1), 1e-12)
 
 
 def load_encoder(manifest: ModelManifest, models_dir: Path, threads: int | None = None) -> Encoder:
