@@ -38,35 +38,25 @@ def test_demo_then_jobs_commands_and_search(db_url: str) -> None:
     waited = vectorize(db_url, "jobs", "wait", "my_job", "--timeout", "30")
     assert waited.returncode == 0 and "40 rows embedded" in waited.stdout
 
-    bad = vectorize(
-        db_url,
-        "jobs",
-        "create",
-        "names",
-        "--table",
-        "my_products",
-        "--columns",
-        "product_name",
-        "--primary-key",
-        "product_id",
-        "--update-time-col",
-        "price",
-    )
+    def create(update_time_col: str) -> subprocess.CompletedProcess[str]:
+        return vectorize(
+            db_url,
+            "jobs",
+            "create",
+            "names",
+            "--table",
+            "my_products",
+            "--columns",
+            "product_name",
+            "--primary-key",
+            "product_id",
+            "--update-time-col",
+            update_time_col,
+        )
+
+    bad = create("price")
     assert bad.returncode == 1 and "numeric" in bad.stderr
-    created = vectorize(
-        db_url,
-        "jobs",
-        "create",
-        "names",
-        "--table",
-        "my_products",
-        "--columns",
-        "product_name",
-        "--primary-key",
-        "product_id",
-        "--update-time-col",
-        "updated_at",
-    )
+    created = create("updated_at")
     assert created.returncode == 0 and "names created" in created.stdout
     assert vectorize(db_url, "jobs", "delete", "names").returncode == 0
     again = vectorize(db_url, "jobs", "delete", "names")

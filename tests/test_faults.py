@@ -22,6 +22,13 @@ from .test_sync import create_job, embedding_count, queue_depth, stored_vector, 
 MODEL = MY_JOB["model"]
 
 
+async def backfilled_job(conn, start_worker, **worker_settings) -> None:
+    """The example job, created and fully backfilled by a running worker."""
+    create_job(conn)
+    start_worker(**worker_settings)
+    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+
+
 def job_state(conn, name: str = "my_job") -> dict:
     return conn.execute("select status, status_message from vectorize.job where job_name = %s", (name,)).fetchone()
 
@@ -50,9 +57,7 @@ async def test_dropped_column_fails_the_job_but_never_the_users_write(conn, prod
 
 
 async def test_renamed_table_is_followed(conn, products, start_worker, encoders) -> None:
-    create_job(conn)
-    start_worker()
-    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+    await backfilled_job(conn, start_worker)
     conn.execute("alter table my_products rename to catalogue")
     conn.execute("update catalogue set description = 'Renamed but followed' where product_id = 1")
     want = vector_of(encoders, "product_name: Pencil description: Renamed but followed")
@@ -61,9 +66,7 @@ async def test_renamed_table_is_followed(conn, products, start_worker, encoders)
 
 
 async def test_dropped_table_fails_the_job_and_search_says_so(conn, products, start_worker, api) -> None:
-    create_job(conn)
-    start_worker(poll_interval=0.5)
-    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+    await backfilled_job(conn, start_worker, poll_interval=0.5)
     conn.execute("drop table my_products cascade")
     await wait_until(lambda: job_state(conn)["status"] == "failed", timeout=10)
     assert "no longer exists" in job_state(conn)["status_message"]
@@ -73,9 +76,7 @@ async def test_dropped_table_fails_the_job_and_search_says_so(conn, products, st
 
 
 async def test_changed_primary_key_keeps_working(conn, products, start_worker, encoders) -> None:
-    create_job(conn)
-    start_worker()
-    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+    await backfilled_job(conn, start_worker)
     conn.execute("alter table my_products drop constraint my_products_pkey")
     conn.execute("alter table my_products add primary key (product_name)")
     conn.execute("update my_products set description = 'New key, same rows' where product_id = 2")
@@ -125,9 +126,7 @@ def _pg_ctl(pg_admin_url: str, *args: str) -> None:
 
 @pytest.mark.slow
 async def test_postgres_restart_is_survived(conn, products, start_worker, api, pg_admin_url, encoders, db_url) -> None:
-    create_job(conn)
-    start_worker(poll_interval=1.0)
-    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+    await backfilled_job(conn, start_worker, poll_interval=1.0)
     conn.close()
     _pg_ctl(pg_admin_url, "-w", "-m", "fast", "stop")
     try:
