@@ -10,17 +10,20 @@ memory per batch bounded.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-# Padded tokens per inference call: about 20 rows of ~100 tokens measured best on
-# 2 AVX2 cores (bench/); 4096 was ~10% slower, 8192 ~25% slower and larger in memory.
-DEFAULT_TOKEN_BUDGET = 2048
+# Padded tokens per inference call. With one single-threaded session per core,
+# ~1024 (about 10 rows of ~100 tokens) measured best on 2 AVX2 cores (bench/):
+# one two-threaded session at 2048 was ~10% slower, at 4096 ~20% slower.
+DEFAULT_TOKEN_BUDGET = 1024
 MAX_ROWS_PER_BATCH = 64
 
 #: A hook that may raise for a text; tests use it to inject poison rows.
@@ -76,13 +79,22 @@ class Encoder:
         dimension: int,
         max_tokens: int,
         threads: int | None = None,
+        sessions: int | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
     ) -> None:
         self.dimension = dimension
         self.max_tokens = max_tokens
         self.token_budget = token_budget
         self.tokenizer = load_tokenizer(tokenizer_path, max_tokens)
-        self.session = make_session(onnx_path, threads)
+        threads = threads or os.cpu_count() or 1
+        # Small GEMMs scale badly across threads, so by default every core gets a
+        # single-threaded session of its own and batches run side by side on them.
+        count = max(1, min(sessions or threads, threads))
+        self.sessions = [make_session(onnx_path, max(1, threads // count)) for _ in range(count)]
+        self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        for session in self.sessions:
+            self._idle.put(session)
+        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="onnx") if count > 1 else None
         self.failure_hook: FailureHook | None = None
 
     def embed(self, texts: Sequence[str], abort: threading.Event | None = None) -> np.ndarray:
@@ -98,7 +110,8 @@ class Encoder:
                 self.failure_hook(text)
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
         lengths = [len(e.ids) for e in encodings]
-        for batch in plan_batches(lengths, self.token_budget, MAX_ROWS_PER_BATCH):
+
+        def run(batch: np.ndarray) -> None:
             if abort is not None and abort.is_set():
                 raise EmbeddingAborted("embedding aborted for shutdown")
             width = max(lengths[i] for i in batch)
@@ -108,6 +121,23 @@ class Encoder:
                 n = lengths[index]
                 ids[row, :n] = encodings[index].ids
                 mask[row, :n] = 1
-            (vectors,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+            session = self._idle.get()  # each session runs one batch at a time
+            try:
+                (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            finally:
+                self._idle.put(session)
             out[batch] = vectors
+
+        batches = plan_batches(lengths, self.token_budget, MAX_ROWS_PER_BATCH)
+        if self._pool is None or len(batches) == 1:
+            for batch in batches:
+                run(batch)
+        else:
+            futures = [self._pool.submit(run, batch) for batch in batches]
+            try:
+                for future in futures:
+                    future.result()
+            finally:  # after a failure, batches not yet started are dropped
+                for future in futures:
+                    future.cancel()
         return out
