@@ -153,10 +153,11 @@ async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = N
 
 async def search(settings: Settings, encoders: EncoderCache, job_name: str, text: str, limit: int) -> int:
     async with await _connect(settings) as conn:
-        model = await _run(conn, "job_model", {"job_name": job_name})
-        if not model:
+        jobs = await _run(conn, "job_status_one", {"job_name": job_name})
+        if not jobs:
             raise UserError(404, f"job {job_name!r} does not exist")
-        vector = (await asyncio.to_thread(encoders.get(model[0]["model"]).embed, [text]))[0]
+        job = jobs[0]
+        vector = (await asyncio.to_thread(encoders.get(job["model"]).embed, [text]))[0]
         rows = await _run(
             conn,
             "search",
@@ -169,12 +170,11 @@ async def search(settings: Settings, encoders: EncoderCache, job_name: str, text
                 **RANKING_OPTIONS,
             },
         )
-    results = [r["result"] for r in rows]
-    hidden = {"similarity_score", "semantic_rank", "fts_rank", "rrf_score"}
-    columns = [c for c in (results[0] if results else {}) if c not in hidden]
+    # The key and the embedded columns fit a terminal; the API returns every column.
+    columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
     table = Table("similarity", *columns, title=f"{job_name}: {text!r}")
-    for r in results:
-        table.add_row(f"{r['similarity_score']:.3f}", *(str(r[c]) for c in columns))
+    for r in (row["result"] for row in rows):
+        table.add_row(f"{r['similarity_score']:.3f}", *(str(r.get(c)) for c in columns))
     console.print(table)
     return 0
 
