@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import shutil
 import socket
 import tempfile
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import hypothesis
 import psycopg
 import pytest
 import pytest_asyncio
@@ -31,6 +33,11 @@ from vectorize.paths import MODELS_DIR, SQL_DIR
 from vectorize.worker import Worker
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# In CI the property-based tests use a fixed seed, so a run is reproducible; locally they explore.
+hypothesis.settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 TEMPLATE = "vectorize_template"
 _counter = itertools.count()
 

