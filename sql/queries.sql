@@ -76,7 +76,7 @@ with claimed as (
 )
 -- One entry per source row: its newest queue id is the version we write,
 -- and every claimed id is deleted in the same transaction as the write.
-select pk, max(id) as version, array_agg(id) as ids, 0 as attempts
+select pk, max(id) as version, array_agg(id) as ids
   from claimed
  group by pk
  order by min(id);
@@ -144,8 +144,8 @@ listen vectorize;
 
 -- name: claim_ids
 -- Re-claim specific items (one row's) to retry them alone after a failed batch.
-select pk, max(id) as version, array_agg(id) as ids, max(attempts) as attempts
-  from (select q.id, q.pk, q.attempts from vectorize.queue q
+select pk, max(id) as version, array_agg(id) as ids
+  from (select q.id, q.pk from vectorize.queue q
          where q.id = any(%(ids)s)
            for update skip locked) claimed
  group by pk;

@@ -232,8 +232,7 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
     assert float(stored_vector(conn, 1) @ stale) < 0.9
 
 
-@pytest.mark.parametrize("kill_at", ["before_commit"])
-async def test_claimed_items_survive_a_rolled_back_batch(conn, products, encoders, settings, kill_at) -> None:
+async def test_claimed_items_survive_a_rolled_back_batch(conn, products, encoders, settings) -> None:
     """A batch that dies before commit leaves its queue items for the next worker."""
     from vectorize.worker import Worker
 

@@ -47,7 +47,6 @@ class Claimed:
     pk: str
     version: int
     ids: list[int]
-    attempts: int
 
 
 def content_hash(text: str) -> bytes:
