@@ -69,10 +69,10 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     workers: list[Worker] = []
     runner: web.AppRunner | None = None
-    pool = make_pool(settings.database_url, min_size=1, max_size=8, name="api")
-    await pool.open()
+    pool = make_pool(settings.database_url, min_size=1, max_size=8, name="api") if api else None
     try:
-        if api:
+        if pool is not None:
+            await pool.open()
             runner = web.AppRunner(create_app(settings, pool, encoders), access_log=None, **HTTP_PARSER_LIMITS)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
@@ -99,7 +99,8 @@ async def serve(
     finally:
         if runner is not None:
             await runner.cleanup()
-        await pool.close()
+        if pool is not None:
+            await pool.close()
     log.info("event=stopped")
 
 
