@@ -127,8 +127,6 @@ def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, float
         raise UserError(400, "job_name is required: the job to search")
     if not isinstance(text, str) or not text:
         raise UserError(400, "query is required: the text to search for")
-    if "\x00" in text or "\x00" in job_name:
-        raise UserError(400, "job_name and query may not contain NUL characters")
     return job_name, text, limit, ranking, params
 
 

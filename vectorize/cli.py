@@ -118,6 +118,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     import asyncio
 
     import psycopg
+    import psycopg_pool
 
     from . import console
     from .errors import UserError
@@ -153,7 +154,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"vectorize: {exc.message}", file=sys.stderr)
         return 1
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
         print(f"vectorize: cannot reach the database: {str(exc).strip()}", file=sys.stderr)
         return 1
 

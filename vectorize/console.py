@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-import psycopg
-from pgvector.psycopg import register_vector_async
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import jobs
 from .config import Settings
-from .errors import UserError, from_database
+from .db import make_pool
 from .models import EncoderCache
 from .paths import SQL_DIR
 from .queries import query
-from .search import RANKING_OPTIONS
+from .search import search as search_rows
 from .worker import Worker
 
 console = Console()
@@ -36,28 +36,28 @@ DEMO_JOB = {
 }
 
 
-async def _connect(settings: Settings) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(settings.database_url or "", autocommit=True, row_factory=dict_row)
-    await register_vector_async(conn)
-    return conn
-
-
-async def _run(conn: psycopg.AsyncConnection, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+@asynccontextmanager
+async def _pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+    """A small pool for one command, so the console calls the same domain functions as the API."""
+    pool = make_pool(settings.database_url or "", min_size=1, max_size=2, name="console")
+    await pool.open()
     try:
-        cur = await conn.execute(query(name), params)
-        return await cur.fetchall() if cur.description else []
-    except psycopg.Error as exc:
-        user_error = from_database(exc)
-        if user_error is None:
-            raise
-        raise user_error from exc
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _source_rows(status: dict[str, Any]) -> str:
+    if status["source_rows"] is None:
+        return "?"
+    return f"~{status['source_rows']}" if status["source_rows_estimated"] else str(status["source_rows"])
 
 
 async def jobs_list(settings: Settings) -> int:
-    async with await _connect(settings) as conn:
-        rows = await _run(conn, "job_status_all")
+    async with _pool(settings) as pool:
+        statuses = await jobs.list_jobs(pool)
     table = Table("job", "table", "model", "status", "embedded", "source rows", "pending", "failed", "backfill")
-    for r in rows:
+    for r in statuses:
         table.add_row(
             r["job_name"],
             f"{r['src_schema']}.{r['src_table']}",
@@ -73,38 +73,29 @@ async def jobs_list(settings: Settings) -> int:
     return 0
 
 
-def _source_rows(row: dict[str, Any]) -> str:
-    if row["source_rows"] is None:
-        return "?"
-    return f"~{row['source_rows']}" if row["source_rows_estimated"] else str(row["source_rows"])
-
-
 async def jobs_show(settings: Settings, job_name: str) -> int:
-    async with await _connect(settings) as conn:
-        rows = await _run(conn, "job_status_one", {"job_name": job_name})
-        if not rows:
-            raise UserError(404, f"job {job_name!r} does not exist")
-        failures = await _run(conn, "job_failures", {"job_id": rows[0]["id"], "limit": 10})
+    async with _pool(settings) as pool:
+        status = await jobs.show_job(pool, job_name)
+    failures = status.pop("last_errors")
     table = Table("field", "value", show_header=False)
-    for key, value in rows[0].items():
+    for key, value in status.items():
         table.add_row(key, str(value))
     console.print(table)
     for f in failures:
-        console.print(f"[red]failed[/red] key={f['pk']} attempts={f['attempts']}: {f['last_error']}")
+        console.print(f"[red]failed[/red] key={f['pk']} attempts={f['attempts']}: {f['error']}")
     return 0
 
 
 async def jobs_create(settings: Settings, definition: dict[str, Any]) -> int:
-    async with await _connect(settings) as conn:
-        rows = await _run(conn, "create_job", definition)
-    console.print(f"job {definition['job_name']} created: id {rows[0]['id']}")
+    async with _pool(settings) as pool:
+        job_id = await jobs.create_job(pool, definition)
+    console.print(f"job {definition['job_name']} created: id {job_id}")
     return 0
 
 
 async def jobs_delete(settings: Settings, job_name: str) -> int:
-    async with await _connect(settings) as conn:
-        if not await _run(conn, "delete_job", {"job_name": job_name}):
-            raise UserError(404, f"job {job_name!r} does not exist")
+    async with _pool(settings) as pool:
+        await jobs.delete_job(pool, job_name)
     console.print(f"job {job_name} deleted, with its triggers, queue items and embeddings")
     return 0
 
@@ -112,7 +103,7 @@ async def jobs_delete(settings: Settings, job_name: str) -> int:
 async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = None) -> int:
     """A progress bar until the backfill is done and nothing is pending; 1 if the job failed."""
     started = time.monotonic()
-    async with await _connect(settings) as conn:
+    async with _pool(settings) as pool:
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -123,15 +114,12 @@ async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = N
         ) as progress:
             task = progress.add_task(job_name, total=None, rate="-")
             while True:
-                rows = await _run(conn, "job_status_one", {"job_name": job_name})
-                if not rows:
-                    raise UserError(404, f"job {job_name!r} does not exist")
-                status = rows[0]
+                status = await jobs.job_status(pool, job_name)
                 progress.update(
                     task,
                     total=status["source_rows"],
                     completed=status["embedded_rows"] or 0,
-                    rate=f"{(status['embedded_last_minute'] or 0) / 60:.1f}",
+                    rate=f"{status['rate_per_second']:.1f}",
                 )
                 if status["status"] == "failed":
                     console.print(f"[red]job {job_name} failed: {status['status_message']}[/red]")
@@ -152,28 +140,13 @@ async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = N
 
 
 async def search(settings: Settings, encoders: EncoderCache, job_name: str, text: str, limit: int) -> int:
-    async with await _connect(settings) as conn:
-        jobs = await _run(conn, "job_status_one", {"job_name": job_name})
-        if not jobs:
-            raise UserError(404, f"job {job_name!r} does not exist")
-        job = jobs[0]
-        vector = (await asyncio.to_thread(encoders.get(job["model"]).embed, [text]))[0]
-        rows = await _run(
-            conn,
-            "search",
-            {
-                "job_name": job_name,
-                "embedding": vector,
-                "limit": limit,
-                "filters": Jsonb({}),
-                "query": text,
-                **RANKING_OPTIONS,
-            },
-        )
+    async with _pool(settings) as pool:
+        job = await jobs.job_status(pool, job_name)
+        results = await search_rows(pool, encoders, job_name, text, limit)
     # The key and the embedded columns fit a terminal; the API returns every column.
     columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
     table = Table("similarity", *columns, title=f"{job_name}: {text!r}")
-    for r in (row["result"] for row in rows):
+    for r in results:
         table.add_row(f"{r['similarity_score']:.3f}", *(str(r.get(c)) for c in columns))
     console.print(table)
     return 0
@@ -181,11 +154,13 @@ async def search(settings: Settings, encoders: EncoderCache, job_name: str, text
 
 async def demo(settings: Settings, encoders: EncoderCache) -> int:
     """pg_vectorize's example end to end: table, job, backfill with a worker, two searches."""
-    async with await _connect(settings) as conn:
-        if not (await _run(conn, "table_exists", {"name": "public.my_products"}))[0]["exists"]:
-            await conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
-            console.print("created table my_products with 40 products")
-        await _run(conn, "create_job", DEMO_JOB)
+    async with _pool(settings) as pool:
+        async with pool.connection() as conn:
+            exists = await (await conn.execute(query("table_exists"), {"name": "public.my_products"})).fetchone()
+            if not exists["exists"]:
+                await conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
+                console.print("created table my_products with 40 products")
+        await jobs.create_job(pool, DEMO_JOB)
     console.print("created job my_job (or found it already there)")
     stop = asyncio.Event()
     worker = asyncio.create_task(Worker(replace(settings), encoders).run(stop))

@@ -6,6 +6,9 @@ place that knows which HTTP status each one means.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 
 SQLSTATE_STATUS = {
@@ -34,3 +37,21 @@ def from_database(exc: psycopg.Error) -> UserError | None:
     if exc.diag.message_hint:
         message = f"{message} (fix: {exc.diag.message_hint})"
     return UserError(status, message)
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Re-raise a database error the user can fix as a UserError; anything else unchanged."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        user_error = from_database(exc)
+        if user_error is None:
+            raise
+        raise user_error from exc
+
+
+def reject_nul(field: str, value: str) -> None:
+    """PostgreSQL text cannot hold NUL; refuse it at the boundary rather than fail in SQL."""
+    if "\x00" in value:
+        raise UserError(400, f"{field} contains a NUL character, which PostgreSQL text cannot hold")

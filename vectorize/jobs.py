@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .errors import UserError, from_database
+from .errors import UserError, database_errors, reject_nul
 from .queries import query
 
 #: Fields of a job definition and the JSON type each must have.
@@ -23,11 +22,6 @@ JOB_FIELDS: dict[str, type] = {
     "model": str,
 }
 _TYPE_NAMES = {str: "a string", list: "an array of strings"}
-
-
-def _check_text(field: str, value: str) -> None:
-    if "\x00" in value:
-        raise UserError(400, f"{field} contains a NUL character, which PostgreSQL names cannot hold")
 
 
 def parse_job_definition(body: Any) -> dict[str, Any]:
@@ -51,23 +45,18 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
             if not all(isinstance(v, str) for v in value):
                 raise UserError(400, f"{field} must be an array of strings")
             for v in value:
-                _check_text(field, v)
+                reject_nul(field, v)
         else:
-            _check_text(field, value)
+            reject_nul(field, value)
         definition[field] = value
     return definition
 
 
 async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> str:
     """Insert the job (the trigger validates and builds its objects); returns its id."""
-    try:
+    with database_errors():
         async with pool.connection() as conn:
             row = await (await conn.execute(query("create_job"), definition)).fetchone()
-    except psycopg.Error as exc:
-        user_error = from_database(exc)
-        if user_error is None:
-            raise
-        raise user_error from exc
     assert row is not None
     return str(row["id"])
 
@@ -97,14 +86,20 @@ async def list_jobs(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
     return [_status_row(r) for r in rows]
 
 
-async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10) -> dict[str, Any]:
-    """One job's definition and progress, with its most recent failures."""
+async def job_status(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]:
+    """One job's definition and progress; 404 if there is no such job."""
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_status_one"), {"job_name": job_name})).fetchone()
-        if row is None:
-            raise UserError(404, f"job {job_name!r} does not exist")
-        failures = await (await conn.execute(query("job_failures"), {"job_id": row["id"], "limit": errors})).fetchall()
-    status = _status_row(row)
+    if row is None:
+        raise UserError(404, f"job {job_name!r} does not exist")
+    return _status_row(row)
+
+
+async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10) -> dict[str, Any]:
+    """``job_status`` plus the job's most recent failures."""
+    status = await job_status(pool, job_name)
+    async with pool.connection() as conn:
+        failures = await (await conn.execute(query("job_failures"), {"job_id": status["id"], "limit": errors})).fetchall()
     status["last_errors"] = [
         {"pk": f["pk"], "attempts": f["attempts"], "error": f["last_error"], "failed_at": f["failed_at"].isoformat()}
         for f in failures

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
-from .errors import UserError, from_database
+from .errors import UserError, database_errors, reject_nul
 from .models import EncoderCache
 from .queries import query
 
@@ -61,23 +60,13 @@ async def search(
     ranking: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL)."""
+    reject_nul("job_name", job_name)
+    reject_nul("query", text)
     for key, value in (filters or {}).items():
-        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
-            raise UserError(400, f"filter {key!r} contains a NUL character, which PostgreSQL cannot compare")
-    with metrics.SEARCH_SECONDS.time():
-        return await _search(pool, encoders, job_name, text, limit, filters, ranking)
-
-
-async def _search(
-    pool: AsyncConnectionPool,
-    encoders: EncoderCache,
-    job_name: str,
-    text: str,
-    limit: int,
-    filters: dict[str, Any] | None,
-    ranking: dict[str, float] | None,
-) -> list[dict[str, Any]]:
-    try:
+        reject_nul(f"filter {key!r}", key)
+        if isinstance(value, str):
+            reject_nul(f"filter {key!r}", value)
+    with metrics.SEARCH_SECONDS.time(), database_errors():
         async with pool.connection() as conn:
             row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
             if row is None:
@@ -97,8 +86,3 @@ async def _search(
                 },
             )
             return [r["result"] for r in await cur.fetchall()]
-    except psycopg.Error as exc:
-        user_error = from_database(exc)
-        if user_error is None:
-            raise
-        raise user_error from exc

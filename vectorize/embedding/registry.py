@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import Encoder
-from .export import export_checkpoint
+from .export import export_checkpoint, read_checkpoint_info
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
 def write_manifest(model_dir: Path, name: str, models_dir: Path) -> ModelManifest:
     """Describe a local sentence-transformers directory as a manifest in ``models_dir``,
     pinning its files by checksum so a later change to them is noticed."""
-    from .export import read_checkpoint_info
-
     info = read_checkpoint_info(model_dir)
     model_dir = model_dir.resolve()
     manifest = {
