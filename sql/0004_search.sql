@@ -1,5 +1,6 @@
--- Search: nearest source rows to a query vector, with optional column filters.
--- The API calls exactly this function, so psql users get the same results.
+-- Search: nearest source rows to a query vector, with optional column filters,
+-- fused with full-text matches. The API calls exactly this function, so psql
+-- users get the same results.
 
 -- Turn {"col": "op.value" | value, ...} into a WHERE clause over alias "s",
 -- after checking each column against the source table's real columns and each
@@ -71,25 +72,71 @@ begin
     return j;
 end $$;
 
--- Each result is the source row as JSON plus similarity_score (1 - cosine distance), best first.
+-- Nearest rows by vector, fused with full-text matches of the query text:
+-- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
+-- a missing rank contributing nothing. Without query text it is a pure vector search.
 create or replace function vectorize.search(
-    p_job_name text, p_query_embedding vector, p_num_results int default 10, p_filters jsonb default '{}')
+    p_job_name        text,
+    p_query_embedding vector,
+    p_num_results     int     default 10,
+    p_filters         jsonb   default '{}',
+    p_query_text      text    default null,
+    p_semantic_wt     float8  default 1.0,
+    p_fts_wt          float8  default 1.0,
+    p_rrf_k           float8  default 60)
 returns setof jsonb language plpgsql as $$
 declare
     j vectorize.job := vectorize._job_by_name(p_job_name);
+    v_filter text;
 begin
     if p_num_results is null or p_num_results < 1 then
         perform vectorize._fail('VZ400', 'num_results must be a positive integer');
     end if;
-    -- Filtered HNSW scans keep searching until enough rows pass the filter.
+    if p_rrf_k is null or p_rrf_k < 0 or p_semantic_wt is null or p_fts_wt is null
+       or p_semantic_wt < 0 or p_fts_wt < 0 then
+        perform vectorize._fail('VZ400', 'semantic_wt, fts_wt and rrf_k must be non-negative numbers');
+    end if;
+    if j.status = 'failed' then
+        perform vectorize._fail('VZ409', format('job %s has failed: %s', to_json(j.job_name), j.status_message),
+                                'delete the job and create it again');
+    end if;
+    begin
+        perform vectorize._source(j);
+    exception when undefined_table then
+        perform vectorize._fail('VZ409', format('the source table of job %s no longer exists', to_json(j.job_name)),
+                                'delete the job');
+    end;
+    v_filter := vectorize._filter_clause(j, p_filters);
+    -- Filtered HNSW scans keep going until enough rows pass the filter, so a
+    -- selective filter still yields num_results rows when that many match.
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
+    -- A query of only stop words is fine here; keep PostgreSQL's NOTICE about it off the client.
+    perform set_config('client_min_messages', 'warning', true);
     return query execute format(
-        'select to_jsonb(s) || jsonb_build_object(''similarity_score'', 1 - (e.embedding <=> $1))
-           from vectorize.%1$I e
-           join %2$I.%3$I s on s.%4$I = e.%4$I
-          where %5$s
-          order by e.embedding <=> $1
+        'with semantic as (
+             select e.%3$I as pk, 1 - (e.embedding <=> $1) as similarity,
+                    row_number() over (order by e.embedding <=> $1) as rank
+               from (select e.* from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I
+                      where %4$s order by e.embedding <=> $1 limit $2) e),
+         fts as (
+             select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
+               from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I,
+                    websearch_to_tsquery(''english'', coalesce($3, '''')) q
+              where $3 is not null and e.fts @@ q and %4$s
+              order by ts_rank_cd(e.fts, q) desc, e.%3$I
+              limit $2),
+         fused as (
+             select coalesce(se.pk, f.pk) as pk, se.rank as semantic_rank, f.rank as fts_rank,
+                    coalesce($4 / ($6 + se.rank), 0) + coalesce($5 / ($6 + f.rank), 0) as rrf_score
+               from semantic se full join fts f on f.pk = se.pk)
+         select to_jsonb(s) || jsonb_build_object(
+                    ''similarity_score'', 1 - (e.embedding <=> $1),
+                    ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score)
+           from fused fu
+           join %2$s s on s.%3$I = fu.pk
+           join vectorize.%1$I e on e.%3$I = fu.pk
+          order by fu.rrf_score desc, e.embedding <=> $1
           limit $2',
-        '_embeddings_' || j.job_name, j.src_schema, j.src_table, j.primary_key, vectorize._filter_clause(j, p_filters))
-    using p_query_embedding, p_num_results;
+        '_embeddings_' || j.job_name, vectorize._source(j), j.primary_key, v_filter)
+    using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k;
 end $$;
