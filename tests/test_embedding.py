@@ -107,3 +107,21 @@ def test_export_and_check_a_local_checkpoint_directory(tmp_path) -> None:
     assert failed.returncode == 1 and "below the required" in failed.stderr
     listed = run("list")
     assert "local/my-minilm" in listed.stdout and "yes" in listed.stdout
+
+
+def test_a_changed_manifest_is_exported_again(tmp_path) -> None:
+    """An export remembers what it was built from; editing the manifest (here: the truncation)
+    must not keep serving the old graph."""
+    from dataclasses import replace
+
+    from vectorize.embedding.registry import ensure_exported, is_exported, load_manifests
+    from vectorize.paths import MODELS_DIR
+
+    manifest = load_manifests(MODELS_DIR)[MODEL]
+    ensure_exported(manifest, tmp_path)
+    assert is_exported(manifest, tmp_path)
+    stamp = (tmp_path / manifest.slug / "export.sha256").read_text()
+    changed = replace(manifest, max_tokens=128)
+    assert not is_exported(changed, tmp_path)
+    ensure_exported(changed, tmp_path)
+    assert is_exported(changed, tmp_path) and (tmp_path / manifest.slug / "export.sha256").read_text() != stamp

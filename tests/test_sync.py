@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -277,3 +278,30 @@ async def test_worker_picks_up_a_job_created_while_running(conn, products, start
     )
     create_job(conn)
     await wait_until(lambda: embedding_count(conn) == 40, timeout=15)
+
+
+async def test_two_batches_are_in_flight_so_writes_overlap_inference(conn, products, start_worker, encoders) -> None:
+    encoder = encoders.get(MODEL)
+    release = threading.Event()
+    holding = 0
+    lock = threading.Lock()
+
+    def hold(text: str) -> None:  # the first text of every embed call waits until released
+        nonlocal holding
+        if release.is_set():
+            return
+        with lock:
+            holding += 1
+        release.wait(20)
+
+    encoder.failure_hook = hold
+    try:
+        create_job(conn)
+        start_worker(batch_size=8)
+        # Two batches of the backfill are claimed and inside the encoder at the same time.
+        await wait_until(lambda: holding >= 2)
+        assert queue_depth(conn) >= 16
+    finally:
+        release.set()
+        encoder.failure_hook = None
+    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)

@@ -30,6 +30,9 @@ from .queries import query
 log = logging.getLogger(__name__)
 
 #: Errors that mean the job's source itself is broken, not one row.
+#: Batches of one job in flight at once (see Worker._pump).
+PIPELINE_DEPTH = 2
+
 SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
 
 
@@ -58,7 +61,7 @@ class Worker:
         self.settings = settings
         self.encoders = encoders
         self._own_pool = pool is None
-        self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=2, name="worker")
+        self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=PIPELINE_DEPTH + 1, name="worker")
         self._wake = asyncio.Event()
         #: Set by the service when a graceful shutdown runs out of time: the batch in
         #: flight stops between inference calls and its transaction rolls back.
@@ -133,26 +136,58 @@ class Worker:
             for job in jobs:
                 if stop is not None and stop.is_set():
                     break
-                progressed += await self._step(job)
+                progressed += await self._pump(job, stop)
             total += progressed
             if progressed == 0:
                 break
         return total
 
-    async def _step(self, job: Job) -> int:
-        """One batch of queued work, or else one page of the backfill scan."""
+    async def _pump(self, job: Job, stop: asyncio.Event | None) -> int:
+        """Run this job's batches until its queue and backfill scan are empty; returns rows handled.
+
+        Why two batches are kept in flight: each batch ends with database work
+        (COPY, index maintenance, commit) and starts with more (claim, read). With one
+        batch at a time the encoder sits idle through both; with two, one batch's
+        writes and the next one's reads overlap the other's inference, and the
+        encoder's queue of sub-batches never runs dry between batches. Claims use
+        SKIP LOCKED and writes are newest-wins, so the two never take the same items
+        or overwrite a newer embedding with an older one."""
+        handled = 0
+        in_flight: set[asyncio.Task[int]] = set()
+        queue_empty = False
+        scanning = job.scan_active
         try:
-            handled = await self.process_batch(job)
-            if handled == 0 and job.scan_active:
-                async with self.pool.connection() as conn:
-                    row = await (
-                        await conn.execute(query("scan_step"), {"job_id": job.id, "page": self.settings.batch_size * 2})
-                    ).fetchone()
-                handled = max(row["seen"], 0) if row else 0
-            return handled
+            while True:
+                while len(in_flight) < PIPELINE_DEPTH and not (stop is not None and stop.is_set()):
+                    if queue_empty:
+                        if not scanning:
+                            break
+                        seen = await self._scan_step(job)
+                        handled += max(seen, 0)
+                        scanning = 0 < seen
+                        queue_empty = False
+                    in_flight.add(asyncio.create_task(self.process_batch(job)))
+                if not in_flight:
+                    return handled
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    claimed = task.result()
+                    handled += claimed
+                    queue_empty = queue_empty or claimed == 0
         except SOURCE_BROKEN as exc:
+            await _settle(in_flight)
             await self._fail_job(job, exc)
             return 0
+        except BaseException:
+            await _settle(in_flight)
+            raise
+
+    async def _scan_step(self, job: Job) -> int:
+        """Queue the next page of the backfill scan; -1 once the scan is over."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("scan_step"), {"job_id": job.id, "page": self.settings.batch_size * PIPELINE_DEPTH})
+            row = await cur.fetchone()
+        return row["seen"] if row else -1
 
     async def process_batch(self, job: Job, only_ids: list[int] | None = None) -> int:
         """Claim, embed and write one batch in one transaction; isolate a failing row if the batch fails."""
@@ -283,6 +318,13 @@ class Worker:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _settle(tasks: set[asyncio.Task[int]]) -> None:
+    """Let batches still in flight finish (or fail) before an error leaves the pump: their
+    transactions must end, and their exceptions must not go unretrieved."""
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:

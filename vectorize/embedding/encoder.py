@@ -105,9 +105,10 @@ class Encoder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        if self.failure_hook is not None:
+        hook = self.failure_hook  # read once: a test may clear it while this call runs
+        if hook is not None:
             for text in texts:
-                self.failure_hook(text)
+                hook(text)
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
         lengths = [len(e.ids) for e in encodings]
 
