@@ -8,6 +8,7 @@ from the pinned weights instead of trusting a binary in the repository.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -126,7 +127,11 @@ def export_fingerprint(manifest: ModelManifest) -> str:
 
 
 def _stamp_path(manifest: ModelManifest, models_dir: Path) -> Path:
-    return models_dir / manifest.slug / "export.sha256"
+    return _stamp_path_for(export_paths(manifest, models_dir)[0])
+
+
+def _stamp_path_for(onnx_path: Path) -> Path:
+    return onnx_path.parent / "export.sha256"
 
 
 def is_exported(manifest: ModelManifest, models_dir: Path) -> bool:
@@ -139,13 +144,26 @@ def is_exported(manifest: ModelManifest, models_dir: Path) -> bool:
 
 
 def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Export once from the checksummed weights; later calls reuse the files until the manifest changes."""
+    """Export once from the checksummed weights; later calls reuse the files until the manifest changes.
+
+    An API and a worker starting together may both find the export missing or stale: a lock
+    on the model's folder lets one build it while the other waits and then reuses it."""
     onnx_path, tokenizer_path = export_paths(manifest, models_dir)
     if not force and is_exported(manifest, models_dir):
         return onnx_path, tokenizer_path
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    with (onnx_path.parent / ".export.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if force or not is_exported(manifest, models_dir):
+            _export(manifest, onnx_path, tokenizer_path)
+            _stamp_path(manifest, models_dir).write_text(export_fingerprint(manifest) + "\n")
+    return onnx_path, tokenizer_path
+
+
+def _export(manifest: ModelManifest, onnx_path: Path, tokenizer_path: Path) -> None:
     checkpoint = source_dir(manifest)
     verify_checksums(manifest, checkpoint)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    _stamp_path_for(onnx_path).unlink(missing_ok=True)  # stale until the new files are complete
     if manifest.precision == "int8":
         fp32_path = onnx_path.with_name("model-fp32.onnx")
         export_checkpoint(checkpoint, fp32_path)
@@ -154,8 +172,6 @@ def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = 
     else:
         export_checkpoint(checkpoint, onnx_path)
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_path)
-    _stamp_path(manifest, models_dir).write_text(export_fingerprint(manifest) + "\n")
-    return onnx_path, tokenizer_path
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -> None:
