@@ -178,3 +178,6 @@ returning j.job_name, j.id;
 
 -- name: drop_failed_job_queue
 delete from vectorize.queue where job_id = any(%(ids)s);
+
+-- name: job_gauges
+select job_name, pending, failed_rows, embedded_rows from vectorize.job_gauges();

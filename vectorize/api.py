@@ -167,7 +167,7 @@ async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    metrics.update_job_gauges(await jobs.list_jobs(request.app[POOL]))
+    metrics.update_job_gauges(await jobs.job_gauges(request.app[POOL]))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -86,6 +86,12 @@ async def list_jobs(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
     return [_status_row(r) for r in rows]
 
 
+async def job_gauges(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+    """Queue, failure and embedding counts per job, without counting source tables (for /metrics)."""
+    async with pool.connection() as conn:
+        return await (await conn.execute(query("job_gauges"))).fetchall()
+
+
 async def job_status(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]:
     """One job's definition and progress; 404 if there is no such job."""
     async with pool.connection() as conn:

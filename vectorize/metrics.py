@@ -29,7 +29,7 @@ HTTP_REQUESTS = Counter(
 
 
 def update_job_gauges(statuses: list[dict]) -> None:
-    """Set the per-job gauges from vectorize.job_status rows."""
+    """Set the per-job gauges from vectorize.job_gauges() rows."""
     for gauge in (QUEUE_DEPTH, FAILED_ROWS, EMBEDDED_ROWS):
         gauge.clear()
     for row in statuses:
