@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import psycopg
+import tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,6 +63,24 @@ def st_round(texts: list[str], threads: int, workdir: Path) -> tuple[float, np.n
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     return float(result.stdout.strip().splitlines()[-1]), np.load(out_file)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def reference_versions() -> str:
+    """PyTorch and sentence-transformers as installed in .venv-bench (never in the project's venv)."""
+    if not BENCH_PYTHON.exists():
+        return "sentence-transformers not installed"
+    code = (
+        "import torch, sentence_transformers as st; print(f'torch {torch.__version__}, sentence-transformers {st.__version__}')"
+    )
+    result = subprocess.run([str(BENCH_PYTHON), "-c", code], capture_output=True, text=True, check=False)
+    return result.stdout.strip() or "sentence-transformers unavailable"
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -222,8 +241,9 @@ def main() -> None:
     engine_med = statistics.median(engine_tps)
 
     print(
-        f"\nmachine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"onnxruntime {onnxruntime.__version__}, threads {args.threads}, {args.texts} texts x {args.rounds} rounds\n"
+        f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}, "
+        f"{reference_versions()}\nrun: threads {args.threads}, {args.texts} texts x {args.rounds} rounds\n"
     )
     print(f"| {'what':52} | {'figure':>14} | {'target':>16} |")
     print(f"|{'-' * 54}|{'-' * 16}|{'-' * 18}|")
