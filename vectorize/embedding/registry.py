@@ -176,7 +176,7 @@ def _export(manifest: ModelManifest, onnx_path: Path, tokenizer_path: Path) -> N
 
 def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -> None:
     """Dynamic int8 with per-channel weight scales, including the packed QKV projection inside
-    each fused Attention (QAttention: ~+35% texts/s over quantising MatMuls alone). Kept in
+    each fused Attention (QAttention: +15-20% texts/s over quantising the MatMuls alone). Kept in
     fp32: attention-score MatMuls (no weights) and the nodes whose names start with one of
     ``keep_fp32`` -- the layers measured most sensitive (bench/ and the manifest say which)."""
     import onnx
