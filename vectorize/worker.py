@@ -169,8 +169,9 @@ class Worker:
                     in_flight.add(asyncio.create_task(self.process_batch(job)))
                 if not in_flight:
                     return handled
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    in_flight.discard(task)  # what is still in the set is settled if this one raises
                     claimed = task.result()
                     handled += claimed
                     queue_empty = queue_empty or claimed == 0
