@@ -48,7 +48,10 @@ def make_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSe
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    # Our exporter writes bias + residual + LayerNorm unfused on purpose (see export._add_and_norm).
+    return ort.InferenceSession(
+        str(onnx_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"]
+    )
 
 
 def plan_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[np.ndarray]:

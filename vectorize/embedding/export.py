@@ -24,6 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .safetensors import load_safetensors
 
 OPSET = 17
+#: Bumped whenever the graph this module writes changes, so existing exports are rebuilt.
+GRAPH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ def _fused_layer(
     layer: int,
 ) -> str:
     """One encoder layer in onnxruntime's fused operators: Attention (packed QKV, mask,
-    softmax, head split/merge in one kernel), BiasGelu, and SkipLayerNormalization (bias +
-    residual + LayerNorm). The same arithmetic as the plain layer, minus the elementwise
+    softmax, head split/merge in one kernel) and BiasGelu, with bias + residual + LayerNorm
+    as in ``_add_and_norm``. The same arithmetic as the plain layer, minus the elementwise
     passes over memory that cost ~20% of the plain graph's time."""
     ms = "com.microsoft"
 
@@ -149,35 +151,39 @@ def _fused_layer(
         "Attention", [x, const("qkv_w", qkv_w.T), const("qkv_b", qkv_b), mask], f"l{layer}_attention", domain=ms, num_heads=heads
     )
     attn_out = g.op("MatMul", [context, const("ao_w", w[p + "attention.output.dense.weight"].T)], f"l{layer}_ao_matmul")
-    x = g.op(
-        "SkipLayerNormalization",
-        [
-            attn_out,
-            x,
-            const("ln1_g", w[p + "attention.output.LayerNorm.weight"]),
-            const("ln1_b", w[p + "attention.output.LayerNorm.bias"]),
-            const("ao_b", w[p + "attention.output.dense.bias"]),
-        ],
+    x = _add_and_norm(
+        g,
+        attn_out,
+        x,
+        const("ao_b", w[p + "attention.output.dense.bias"]),
+        const("ln1_g", w[p + "attention.output.LayerNorm.weight"]),
+        const("ln1_b", w[p + "attention.output.LayerNorm.bias"]),
+        eps,
         f"l{layer}_ln1",
-        domain=ms,
-        epsilon=eps,
     )
     inter = g.op("MatMul", [x, const("ff1_w", w[p + "intermediate.dense.weight"].T)], f"l{layer}_ff1_matmul")
     gelu = g.op("BiasGelu", [inter, const("ff1_b", w[p + "intermediate.dense.bias"])], f"l{layer}_gelu", domain=ms)
     ff_out = g.op("MatMul", [gelu, const("ff2_w", w[p + "output.dense.weight"].T)], f"l{layer}_ff2_matmul")
-    return g.op(
-        "SkipLayerNormalization",
-        [
-            ff_out,
-            x,
-            const("ln2_g", w[p + "output.LayerNorm.weight"]),
-            const("ln2_b", w[p + "output.LayerNorm.bias"]),
-            const("ff2_b", w[p + "output.dense.bias"]),
-        ],
+    return _add_and_norm(
+        g,
+        ff_out,
+        x,
+        const("ff2_b", w[p + "output.dense.bias"]),
+        const("ln2_g", w[p + "output.LayerNorm.weight"]),
+        const("ln2_b", w[p + "output.LayerNorm.bias"]),
+        eps,
         f"l{layer}_ln2",
-        domain=ms,
-        epsilon=eps,
     )
+
+
+def _add_and_norm(g: _GraphBuilder, x: str, residual: str, bias: str, gamma: str, beta: str, eps: float, hint: str) -> str:
+    """Bias, residual and LayerNorm as Add, Add, LayerNormalization rather than onnxruntime's
+    SkipLayerNormalization: on 1000 tokens × 384 its CPU kernel measured 2.6 ms against 0.5 ms
+    for these three (~5% of the whole fp32 graph). Sessions are created with onnxruntime's
+    SkipLayerNormFusion disabled (encoder.make_session) so it does not fuse them back."""
+    biased = g.op("Add", [x, bias], f"{hint}_bias")
+    summed = g.op("Add", [biased, residual], f"{hint}_residual")
+    return g.op("LayerNormalization", [summed, gamma, beta], hint, axis=-1, epsilon=eps)
 
 
 def build_graph(weights: dict[str, np.ndarray], info: CheckpointInfo, *, fused: bool = True) -> onnx.ModelProto:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoder import Encoder
-from .export import export_checkpoint, read_checkpoint_info
+from .export import GRAPH_VERSION, export_checkpoint, read_checkpoint_info
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,9 @@ def export_paths(manifest: ModelManifest, models_dir: Path) -> tuple[Path, Path]
 
 def export_fingerprint(manifest: ModelManifest) -> str:
     """What an export was built from: a changed manifest (new weights, other layers kept
-    in fp32, another truncation) must not keep serving the graph of the old one."""
+    in fp32, another truncation) or a new exporter must not keep serving the old graph."""
     recipe = {
+        "graph_version": GRAPH_VERSION,
         "name": manifest.name,
         "precision": manifest.precision,
         "keep_fp32": list(manifest.keep_fp32),
