@@ -90,7 +90,7 @@ async def test_racing_workers_converge_to_the_latest_text(conn, start_worker, en
     conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
     conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 60) g")
     create_job(conn, job_name="notes", src_table="notes", src_columns=["body"], primary_key="id")
-    handles = [start_worker(batch_size=8) for _ in range(workers)]
+    handles = [start_worker(batch_size=8, backfill_batch_size=8) for _ in range(workers)]
     await wait_until(lambda: embedding_count(conn, "notes") == 60 and queue_depth(conn) == 0, timeout=60)
     base = sum(h.worker.inferences for h in handles)
     rng = random.Random(workers)

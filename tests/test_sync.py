@@ -143,7 +143,7 @@ async def test_backfill_of_thousands_of_rows_in_pages(conn, start_worker) -> Non
     # Creating the job scanned nothing: the queue is empty until the worker pages through.
     assert queue_depth(conn) == 0
     assert time.monotonic() - started < 1.0
-    start_worker(batch_size=64)
+    start_worker(batch_size=64, backfill_batch_size=64)
     max_queue = 0
 
     def done() -> bool:
@@ -297,7 +297,7 @@ async def test_two_batches_are_in_flight_so_writes_overlap_inference(conn, produ
     encoder.failure_hook = hold
     try:
         create_job(conn)
-        start_worker(batch_size=8)
+        start_worker(batch_size=8, backfill_batch_size=8)
         # Two batches of the backfill are claimed and inside the encoder at the same time.
         await wait_until(lambda: holding >= 2)
         assert queue_depth(conn) >= 16

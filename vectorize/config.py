@@ -29,6 +29,10 @@ class Settings:
     #: batch keeps padding low (64 reached 67% of the engine's speed in a backfill, 256: 92%),
     #: small enough that a batch finishes well within the 10 s shutdown budget.
     batch_size: int = 256
+    #: Rows per transaction while a job's backfill scan runs: sorting 512 texts by length
+    #: instead of 256 wastes less padding (backfill 0.88 -> 0.95 of the engine's rate). Kept
+    #: apart from batch_size because live changes queued during a backfill wait behind it.
+    backfill_batch_size: int = 512
     #: Seconds between fallback polls when no notification arrives.
     poll_interval: float = 5.0
     #: Inference threads (default: every core).
@@ -70,6 +74,7 @@ def _parse(name: str, raw: str) -> object:
         "models_dir": Path,
         "port": int,
         "batch_size": int,
+        "backfill_batch_size": int,
         "max_attempts": int,
         "retry_backoff": float,
         "poll_interval": float,

@@ -166,7 +166,8 @@ class Worker:
                         handled += max(seen, 0)
                         scanning = 0 < seen
                         queue_empty = False
-                    in_flight.add(asyncio.create_task(self.process_batch(job)))
+                    limit = self.settings.backfill_batch_size if scanning else self.settings.batch_size
+                    in_flight.add(asyncio.create_task(self.process_batch(job, limit=limit)))
                 if not in_flight:
                     return handled
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -186,14 +187,16 @@ class Worker:
     async def _scan_step(self, job: Job) -> int:
         """Queue the next page of the backfill scan; -1 once the scan is over."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query("scan_step"), {"job_id": job.id, "page": self.settings.batch_size * PIPELINE_DEPTH})
+            page = self.settings.backfill_batch_size * PIPELINE_DEPTH
+            cur = await conn.execute(query("scan_step"), {"job_id": job.id, "page": page})
             row = await cur.fetchone()
         return row["seen"] if row else -1
 
-    async def process_batch(self, job: Job, only_ids: list[int] | None = None) -> int:
-        """Claim, embed and write one batch in one transaction; isolate a failing row if the batch fails."""
+    async def process_batch(self, job: Job, only_ids: list[int] | None = None, limit: int | None = None) -> int:
+        """Claim (up to ``limit`` rows, or just ``only_ids``), embed and write one batch in one
+        transaction; isolate a failing row if the batch fails."""
         try:
-            return await self._run_batch(job, only_ids)
+            return await self._run_batch(job, only_ids, limit or self.settings.batch_size)
         except (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN):
             raise
         except Exception as exc:  # an embedding failure: find the row that caused it
@@ -213,11 +216,11 @@ class Worker:
                 return 1
             raise
 
-    async def _run_batch(self, job: Job, only_ids: list[int] | None) -> int:
+    async def _run_batch(self, job: Job, only_ids: list[int] | None, limit: int) -> int:
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 if only_ids is None:
-                    cur = await conn.execute(query("claim_batch"), {"job_id": job.id, "limit": self.settings.batch_size})
+                    cur = await conn.execute(query("claim_batch"), {"job_id": job.id, "limit": limit})
                 else:
                     cur = await conn.execute(query("claim_ids"), {"ids": only_ids})
                 claimed = [Claimed(**row) for row in await cur.fetchall()]
