@@ -127,21 +127,15 @@ def export_fingerprint(manifest: ModelManifest) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
-def _stamp_path(manifest: ModelManifest, models_dir: Path) -> Path:
-    return _stamp_path_for(export_paths(manifest, models_dir)[0])
-
-
-def _stamp_path_for(onnx_path: Path) -> Path:
+def _stamp_path(onnx_path: Path) -> Path:
+    """Where an export keeps its fingerprint: beside the graph."""
     return onnx_path.parent / "export.sha256"
 
 
 def is_exported(manifest: ModelManifest, models_dir: Path) -> bool:
-    stamp = _stamp_path(manifest, models_dir)
-    return (
-        all(p.exists() for p in export_paths(manifest, models_dir))
-        and stamp.exists()
-        and stamp.read_text().strip() == export_fingerprint(manifest)
-    )
+    paths = export_paths(manifest, models_dir)
+    stamp = _stamp_path(paths[0])
+    return all(p.exists() for p in paths) and stamp.exists() and stamp.read_text().strip() == export_fingerprint(manifest)
 
 
 def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = False) -> tuple[Path, Path]:
@@ -156,15 +150,16 @@ def ensure_exported(manifest: ModelManifest, models_dir: Path, *, force: bool = 
     with (onnx_path.parent / ".export.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if force or not is_exported(manifest, models_dir):
+            stamp = _stamp_path(onnx_path)
+            stamp.unlink(missing_ok=True)  # stale until the new files are complete
             _export(manifest, onnx_path, tokenizer_path)
-            _stamp_path(manifest, models_dir).write_text(export_fingerprint(manifest) + "\n")
+            stamp.write_text(export_fingerprint(manifest) + "\n")
     return onnx_path, tokenizer_path
 
 
 def _export(manifest: ModelManifest, onnx_path: Path, tokenizer_path: Path) -> None:
     checkpoint = source_dir(manifest)
     verify_checksums(manifest, checkpoint)
-    _stamp_path_for(onnx_path).unlink(missing_ok=True)  # stale until the new files are complete
     if manifest.precision == "int8":
         fp32_path = onnx_path.with_name("model-fp32.onnx")
         export_checkpoint(checkpoint, fp32_path)
