@@ -29,11 +29,13 @@ from .queries import query
 
 log = logging.getLogger(__name__)
 
-#: Errors that mean the job's source itself is broken, not one row.
 #: Batches of one job in flight at once (see Worker._pump).
 PIPELINE_DEPTH = 2
 
+#: Errors that mean the job's source itself is broken, not one row.
 SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
+#: Errors a batch passes up as they are: retrying its rows one by one would not help.
+NOT_A_ROW_FAILURE = (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN)
 
 
 @dataclass
@@ -197,7 +199,7 @@ class Worker:
         transaction; isolate a failing row if the batch fails."""
         try:
             return await self._run_batch(job, only_ids, limit or self.settings.batch_size)
-        except (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN):
+        except NOT_A_ROW_FAILURE:
             raise
         except Exception as exc:  # an embedding failure: find the row that caused it
             claimed: list[Claimed] = getattr(exc, "claimed", [])
@@ -228,7 +230,7 @@ class Worker:
                     return 0
                 try:
                     await self._embed_and_write(conn, job, claimed)
-                except (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN):
+                except NOT_A_ROW_FAILURE:
                     raise
                 except Exception as exc:
                     exc.claimed = claimed  # type: ignore[attr-defined]
