@@ -24,6 +24,10 @@ select name from vectorize.migration;
 -- name: record_migration
 insert into vectorize.migration (name) values (%(name)s);
 
+-- name: refresh_job_objects
+-- After sql/functions/ is applied: rebuild per-job objects made by an older generator.
+select vectorize._refresh_job_objects() as rebuilt;
+
 -- name: pgvector_available
 select exists (select 1 from pg_available_extensions where name = 'vector') as available,
        exists (select 1 from pg_extension where extname = 'vector') as installed;
@@ -45,8 +49,21 @@ select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_c
 -- name: delete_job
 delete from vectorize.job where job_name = %(job_name)s returning id;
 
--- name: active_jobs
-select id, job_name, model, dimension, scan_active from vectorize.job where status = 'active' order by created_at;
+-- name: jobs_with_work
+-- One row per active job with what each lane could do now. Each EXISTS walks
+-- queue_job_lane_idx from the job's oldest item, so this stays cheap with
+-- millions of items queued; the worker runs it once per scheduling round.
+select j.id, j.job_name, j.model, j.dimension, j.scan_active, j.pause_count,
+       greatest(extract(epoch from j.paused_until - clock_timestamp()), 0)::float8 as paused_for,
+       exists (select 1 from vectorize.queue q
+                where q.job_id = j.id and q.lane = 'live'
+                  and (q.not_before is null or q.not_before <= now())) as live_ready,
+       exists (select 1 from vectorize.queue q
+                where q.job_id = j.id and q.lane = 'backfill'
+                  and (q.not_before is null or q.not_before <= now())) as backfill_ready
+  from vectorize.job j
+ where j.status = 'active'
+ order by j.created_at, j.id;
 
 -- name: restart_scans
 -- A worker that starts up cannot know what changed while no trigger or worker
@@ -57,15 +74,13 @@ update vectorize.job set scan_active = true, scan_cursor = null where status = '
 -- name: scan_step
 select vectorize.scan_step(%(job_id)s, %(page)s) as seen;
 
--- name: queue_depth
-select count(*) as depth from vectorize.queue where job_id = %(job_id)s;
-
 -- name: claim_batch
--- Claim the oldest pending items of one job for this transaction.
+-- Claim the oldest pending items of one job in one lane for this transaction.
 with claimed as (
-    select q.id, q.pk
+    select q.id, q.pk, q.enqueued_at
       from vectorize.queue q
      where q.job_id = %(job_id)s
+       and q.lane = %(lane)s
        -- items that failed wait out their backoff before another try
        and (q.not_before is null or q.not_before <= now())
      order by q.id
@@ -80,6 +95,14 @@ select pk, max(id) as version, array_agg(id) as ids
   from claimed
  group by pk
  order by min(id);
+
+-- name: claim_ids
+-- Re-claim specific items (one row's) to retry them alone after a failed batch.
+select pk, max(id) as version, array_agg(id) as ids
+  from (select q.id, q.pk from vectorize.queue q
+         where q.id = any(%(ids)s)
+           for update skip locked) claimed
+ group by pk;
 
 -- name: read_rows
 select pk, content, source_updated_at, stored_hash from vectorize.read_rows(%(job_id)s, %(pks)s);
@@ -101,22 +124,47 @@ from stdin (format binary);
 -- name: apply_batch
 select vectorize.apply_batch(%(job_id)s, %(gone)s) as written;
 
--- name: delete_claimed
-delete from vectorize.queue where id = any(%(ids)s);
+-- name: finish_items
+-- The claimed items are done: remove them, and say how long each live change
+-- waited from being queued to now (the commit follows at once).
+delete from vectorize.queue where id = any(%(ids)s)
+returning lane, extract(epoch from clock_timestamp() - enqueued_at)::float8 as lag_seconds;
 
--- name: defer_items
--- A failed try: count it and wait before the next (exponential backoff, capped).
-update vectorize.queue
-   set attempts = attempts + 1,
-       not_before = now() + least(interval '1 second' * %(backoff)s * power(2, attempts), interval '5 minutes')
- where id = any(%(ids)s)
-returning id, pk, attempts;
+-- name: count_attempt
+update vectorize.queue set attempts = attempts + 1 where id = any(%(ids)s) returning attempts;
+
+-- name: schedule_retry
+update vectorize.queue set not_before = now() + make_interval(secs => %(delay)s) where id = any(%(ids)s);
 
 -- name: park_failure
 insert into vectorize.failure (job_id, pk, attempts, last_error)
 values (%(job_id)s, %(pk)s, %(attempts)s, %(error)s)
 on conflict (job_id, pk) do update
    set attempts = excluded.attempts, last_error = excluded.last_error, failed_at = now();
+
+-- name: pause_job
+-- The job's embedder is down: no worker claims its items until paused_until.
+update vectorize.job
+   set pause_count = pause_count + 1,
+       paused_until = clock_timestamp() + make_interval(secs => %(seconds)s),
+       pause_reason = %(reason)s
+ where id = %(job_id)s;
+
+-- name: resume_job
+update vectorize.job set pause_count = 0, paused_until = null, pause_reason = null
+ where id = %(job_id)s and pause_count > 0;
+
+-- name: fail_job
+select vectorize._fail_job(%(job_id)s, %(message)s);
+
+-- name: fail_orphaned_jobs
+-- A dropped source table takes its capture triggers with it, so nothing would
+-- ever tell the worker; check the catalog on every pass instead (cheap).
+select j.job_name, j.id,
+       vectorize._fail_job(j.id, format('source table %I.%I no longer exists; delete the job', j.src_schema, j.src_table))
+  from vectorize.job j
+ where j.status = 'active'
+   and not exists (select 1 from pg_catalog.pg_class c where c.oid = j.src_relid);
 
 -- name: search
 select result
@@ -142,21 +190,6 @@ select 1;
 -- name: listen
 listen vectorize;
 
--- name: claim_ids
--- Re-claim specific items (one row's) to retry them alone after a failed batch.
-select pk, max(id) as version, array_agg(id) as ids
-  from (select q.id, q.pk from vectorize.queue q
-         where q.id = any(%(ids)s)
-           for update skip locked) claimed
- group by pk;
-
--- name: fail_job
--- The job's pending work goes with it: nothing will process it.
-with failed as (
-    update vectorize.job set status = 'failed', status_message = %(message)s where id = %(job_id)s returning id
-)
-delete from vectorize.queue q using failed f where q.job_id = f.id;
-
 -- name: database_exists
 select 1 from pg_database where datname = %(name)s;
 
@@ -166,18 +199,17 @@ create database {};
 -- name: table_exists
 select to_regclass(%(name)s) is not null as exists;
 
--- name: fail_orphaned_jobs
--- A dropped source table takes its capture triggers with it, so nothing would
--- ever tell the worker; check the catalog on every pass instead (cheap).
-update vectorize.job j
-   set status = 'failed',
-       status_message = format('source table %I.%I no longer exists; delete the job', j.src_schema, j.src_table)
- where j.status = 'active'
-   and not exists (select 1 from pg_catalog.pg_class c where c.oid = j.src_relid)
-returning j.job_name, j.id;
-
--- name: drop_failed_job_queue
-delete from vectorize.queue where job_id = any(%(ids)s);
-
 -- name: job_gauges
-select job_name, pending, failed_rows, embedded_rows from vectorize.job_gauges();
+select job_name, pending, failed_rows, embedded_rows, lane, lane_pending, oldest_seconds, waiting_for_embedder
+  from vectorize.job_gauges();
+
+-- name: sync_position
+-- Read-your-writes: the newest live change of the job committed so far ...
+select coalesce(max(q.id), 0) as position
+  from vectorize.queue q join vectorize.job j on j.id = q.job_id
+ where j.job_name = %(job_name)s and q.lane = 'live';
+
+-- name: synced_to
+-- ... and whether every live change up to it has been embedded (or dropped).
+select not exists (select 1 from vectorize.queue q join vectorize.job j on j.id = q.job_id
+                    where j.job_name = %(job_name)s and q.lane = 'live' and q.id <= %(position)s) as synced;

@@ -27,12 +27,12 @@ from psycopg.rows import dict_row
 
 from vectorize.api import HTTP_PARSER_LIMITS, create_app
 from vectorize.config import Settings
-from vectorize.db import make_pool, migrate
-from vectorize.models import EncoderCache, register_models
+from vectorize.db import make_pool, migrate, publish_models
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from vectorize.paths import MODELS_DIR, SQL_DIR
 from vectorize.worker import Worker
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from .helpers import MY_JOB, url_for
 
 # In CI the property-based tests use a fixed seed, so a run is reproducible; locally they explore.
 hypothesis.settings.register_profile("ci", derandomize=True)
@@ -60,18 +60,14 @@ def pg_admin_url() -> Iterator[str]:
     shutil.rmtree(parent, ignore_errors=True)
 
 
-def _url_for(admin_url: str, database: str) -> str:
-    return psycopg.conninfo.make_conninfo(admin_url, dbname=database)
-
-
 @pytest.fixture(scope="session")
-def template_url(pg_admin_url: str, encoders: EncoderCache) -> str:
+def template_url(pg_admin_url: str, encoders: ModelCatalog) -> str:
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
-    url = _url_for(pg_admin_url, TEMPLATE)
+    url = url_for(pg_admin_url, TEMPLATE)
     migrate(url)
     with psycopg.connect(url) as conn:
-        register_models(conn, encoders)
+        publish_models(conn, encoders.local_models())
     return url
 
 
@@ -81,16 +77,16 @@ def db_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
     name = f"test_{next(_counter)}_{int(time.time() * 1000) % 100000}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    yield _url_for(pg_admin_url, name)
+    yield url_for(pg_admin_url, name)
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
-def encoders() -> EncoderCache:
-    cache = EncoderCache(MODELS_DIR)
-    cache.get("sentence-transformers/all-MiniLM-L6-v2")
-    return cache
+def encoders() -> ModelCatalog:
+    catalog = ModelCatalog(MODELS_DIR)
+    catalog.get(DEFAULT_MODEL)
+    return catalog
 
 
 @pytest.fixture
@@ -122,7 +118,7 @@ class RunningWorker:
 
 
 @pytest_asyncio.fixture
-async def start_worker(settings: Settings, encoders: EncoderCache) -> AsyncIterator[Callable[..., RunningWorker]]:
+async def start_worker(settings: Settings, encoders: ModelCatalog) -> AsyncIterator[Callable[..., RunningWorker]]:
     """Start in-process workers on the test's database; each is stopped afterwards."""
     running: list[RunningWorker] = []
 
@@ -143,7 +139,7 @@ async def start_worker(settings: Settings, encoders: EncoderCache) -> AsyncItera
 
 
 @pytest_asyncio.fixture
-async def api(settings: Settings, encoders: EncoderCache) -> AsyncIterator[TestClient]:
+async def api(settings: Settings, encoders: ModelCatalog) -> AsyncIterator[TestClient]:
     pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
     await pool.open()
     client = TestClient(TestServer(create_app(settings, pool, encoders)))
@@ -153,50 +149,13 @@ async def api(settings: Settings, encoders: EncoderCache) -> AsyncIterator[TestC
     await pool.close()
 
 
-def _poll(predicate: Callable[[], object], deadline: float, timeout: float) -> object:
-    """One look at ``predicate``: its value if truthy, None if not yet, AssertionError once past the deadline."""
-    value = predicate()
-    if value:
-        return value
-    if time.monotonic() > deadline:
-        raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
-    return None
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
-    """Poll ``predicate`` (sync) until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while (value := _poll(predicate, deadline, timeout)) is None:
-        await asyncio.sleep(interval)
-    return value
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
-    """``wait_until`` for synchronous tests (subprocess and CLI tests)."""
-    deadline = time.monotonic() + timeout
-    while (value := _poll(predicate, deadline, timeout)) is None:
-        time.sleep(interval)
-    return value
-
-
-MY_JOB = {
-    "job_name": "my_job",
-    "src_table": "my_products",
-    "src_schema": "public",
-    "src_columns": ["product_name", "description"],
-    "primary_key": "product_id",
-    "update_time_col": "updated_at",
-    "model": "sentence-transformers/all-MiniLM-L6-v2",
-}
-
-
 @pytest.fixture(scope="session")
 def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
     """The real app on a real port, over a database with the example job backfilled."""
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute("drop database if exists openapi_test with (force)")
         conn.execute(sql.SQL("create database openapi_test template {}").format(sql.Identifier(TEMPLATE)))
-    url = _url_for(pg_admin_url, "openapi_test")
+    url = url_for(pg_admin_url, "openapi_test")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
         conn.execute(
@@ -244,4 +203,4 @@ def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def live_db_url(pg_admin_url: str, live_api: str) -> str:
     """The database behind ``live_api``."""
-    return _url_for(pg_admin_url, "openapi_test")
+    return url_for(pg_admin_url, "openapi_test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import MY_JOB, wait_until
+from .helpers import MY_JOB, wait_until
 
 
 def job_objects(conn) -> dict[str, int]:

@@ -19,7 +19,7 @@ import pytest
 
 from vectorize.paths import SQL_DIR
 
-from .conftest import MY_JOB, wait_for
+from .helpers import MY_JOB, wait_for
 
 
 def free_port() -> int:

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.encoder import plan_batches
-from vectorize.models import EncoderCache
 
-from .conftest import FIXTURES
+from .helpers import FIXTURES
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -19,7 +19,7 @@ def _reference() -> list[dict]:
     return json.loads((FIXTURES / "minilm_reference.json").read_text())["items"]
 
 
-def test_every_reference_embedding_matches(encoders: EncoderCache) -> None:
+def test_every_reference_embedding_matches(encoders: ModelCatalog) -> None:
     items = _reference()
     got = encoders.get(MODEL).embed([item["text"] for item in items])
     want = np.array([item["embedding"] for item in items], dtype=np.float32)
@@ -31,7 +31,7 @@ def test_every_reference_embedding_matches(encoders: EncoderCache) -> None:
     assert any(item["token_count"] > 256 for item in items)
 
 
-def test_embeddings_do_not_depend_on_batch_company(encoders: EncoderCache) -> None:
+def test_embeddings_do_not_depend_on_batch_company(encoders: ModelCatalog) -> None:
     """Padding must be masked out: a text embeds the same alone and beside a long one."""
     encoder = encoders.get(MODEL)
     long_text = _reference()[-1]["text"]
@@ -53,17 +53,17 @@ def test_batches_respect_the_token_budget() -> None:
     assert flat == sorted(flat)
 
 
-def test_empty_input_gives_empty_matrix(encoders: EncoderCache) -> None:
+def test_empty_input_gives_empty_matrix(encoders: ModelCatalog) -> None:
     assert encoders.get(MODEL).embed([]).shape == (0, 384)
 
 
 @pytest.mark.parametrize("text", ["x" * 1_000_000, "🚲" * 5000])
-def test_huge_texts_are_truncated(encoders: EncoderCache, text: str) -> None:
+def test_huge_texts_are_truncated(encoders: ModelCatalog, text: str) -> None:
     vector = encoders.get(MODEL).embed([text])[0]
     assert np.isfinite(vector).all() and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
 
 
-def test_int8_model_stays_close_to_the_reference(encoders: EncoderCache) -> None:
+def test_int8_model_stays_close_to_the_reference(encoders: ModelCatalog) -> None:
     """The opt-in int8 model: quantised MatMuls, sensitive layers kept fp32 (see its manifest)."""
     items = _reference()
     got = encoders.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed([item["text"] for item in items])
@@ -127,7 +127,7 @@ def test_a_changed_manifest_is_exported_again(tmp_path) -> None:
     assert is_exported(changed, tmp_path) and (tmp_path / manifest.slug / "export.sha256").read_text() != stamp
 
 
-def test_int8_keeps_quality_and_neighbours_on_real_descriptions(encoders: EncoderCache) -> None:
+def test_int8_keeps_quality_and_neighbours_on_real_descriptions(encoders: ModelCatalog) -> None:
     """The issue's int8 targets on 1000 of the benchmark's package descriptions. fp32 stands in
     for sentence-transformers here (the reference test above pins it at cosine >= 0.9999);
     `make bench` measures against sentence-transformers itself on 5000 texts."""

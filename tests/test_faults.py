@@ -16,8 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from .conftest import MY_JOB, wait_until
-from .test_sync import create_job, embedding_count, queue_depth, stored_vector, vector_of
+from .helpers import MY_JOB, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
 MODEL = MY_JOB["model"]
 

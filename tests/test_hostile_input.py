@@ -14,7 +14,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import MY_JOB
+from .helpers import MY_JOB
 
 NASTY = st.sampled_from(
     [

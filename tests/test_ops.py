@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import MY_JOB, wait_until
-from .test_sync import create_job, embedding_count, queue_depth
+from .helpers import MY_JOB, create_job, embedding_count, queue_depth, wait_until
 
 MODEL = MY_JOB["model"]
 

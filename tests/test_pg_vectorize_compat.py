@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import MY_JOB, wait_until
-from .test_sync import embedding_count, queue_depth
+from .helpers import MY_JOB, embedding_count, queue_depth, wait_until
 
 
 async def test_pg_vectorize_server_flow(api, conn, products, start_worker) -> None:

@@ -6,10 +6,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vectorize.db import migrate
-from vectorize.models import register_models
+from vectorize.db import migrate, publish_models
 
-from .conftest import MY_JOB, _url_for, wait_until
+from .helpers import MY_JOB, url_for, wait_until
 
 GRANTS = """
 create role vz_daemon login;
@@ -30,7 +29,7 @@ def least_privilege_db(pg_admin_url: str):
         admin.execute("drop role if exists vz_daemon")
         admin.execute("drop role if exists vz_intruder")
         admin.execute("create database least_priv")
-    owner_url = _url_for(pg_admin_url, "least_priv")
+    owner_url = url_for(pg_admin_url, "least_priv")
     with psycopg.connect(owner_url, autocommit=True) as owner:
         owner.execute(GRANTS)
     yield owner_url
@@ -46,7 +45,7 @@ async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, encoders
         assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0] is False
     migrate(daemon_url)
     with psycopg.connect(daemon_url) as conn:
-        register_models(conn, encoders)
+        publish_models(conn, encoders.local_models())
     with psycopg.connect(daemon_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
@@ -68,7 +67,7 @@ def test_role_without_access_cannot_create_a_job(least_privilege_db: str, encode
     daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
     migrate(daemon_url)
     with psycopg.connect(daemon_url, autocommit=True) as conn:
-        register_models(conn, encoders)
+        publish_models(conn, encoders.local_models())
         conn.execute("grant usage on schema vectorize to vz_intruder")
         conn.execute("grant insert, select on vectorize.job to vz_intruder")
         conn.execute("grant select on vectorize.model to vz_intruder")

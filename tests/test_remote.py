@@ -12,13 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from vectorize.db import publish_models
+from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.remote import OpenAIEmbedder, RemoteEmbeddingError
-from vectorize.models import EncoderCache, register_models
 from vectorize.paths import MODELS_DIR
 from vectorize.worker import Worker
 
-from .conftest import wait_until
-from .test_sync import create_job, embedding_count, queue_depth
+from .helpers import create_job, embedding_count, queue_depth, wait_until
 
 DIM = 8
 KEY = "sk-test"
@@ -122,9 +122,11 @@ async def test_gives_up_after_max_retries(fake_openai) -> None:
 
 async def test_a_job_on_a_remote_model_is_embedded_by_the_worker(fake_openai, conn, settings) -> None:
     fake, url = fake_openai
-    cache = EncoderCache(MODELS_DIR, openai_models=("fake-embed",), openai_base_url=url, openai_api_key=KEY)
+    cache = ModelCatalog(MODELS_DIR, openai_models=("fake-embed",), openai_base_url=url, openai_api_key=KEY)
     with psycopg.connect(settings.database_url) as c:
-        models = await asyncio.to_thread(register_models, c, cache)
+        models, unavailable = await asyncio.to_thread(cache.available)
+        publish_models(c, models)
+    assert not unavailable
     assert any(m.name == "openai/fake-embed" and m.dimension == DIM for m in models)
     conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
     conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 30) g")

@@ -6,43 +6,12 @@ import asyncio
 import threading
 import time
 
-import numpy as np
 import psycopg
 import pytest
 
-from vectorize.models import EncoderCache
+from vectorize.scheduler import Lane
 
-from .conftest import MY_JOB, wait_until
-
-MODEL = MY_JOB["model"]
-
-
-def create_job(conn: psycopg.Connection, **overrides: object) -> str:
-    job = {**MY_JOB, **overrides}
-    row = conn.execute(
-        "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
-        " values (%(job_name)s, %(src_table)s, %(src_schema)s, %(src_columns)s, %(primary_key)s, %(update_time_col)s, %(model)s)"
-        " returning id",
-        job,
-    ).fetchone()
-    return str(row["id"] if isinstance(row, dict) else row[0])
-
-
-def embedding_count(conn: psycopg.Connection, job: str = "my_job") -> int:
-    return conn.execute(f'select count(*) as n from vectorize."_embeddings_{job}"').fetchone()["n"]
-
-
-def stored_vector(conn: psycopg.Connection, pk: object, job: str = "my_job", key: str = "product_id") -> np.ndarray | None:
-    row = conn.execute(f'select embedding from vectorize."_embeddings_{job}" where "{key}" = %s', (pk,)).fetchone()
-    return None if row is None else row["embedding"].to_numpy().astype(np.float32)
-
-
-def queue_depth(conn: psycopg.Connection) -> int:
-    return conn.execute("select count(*) as n from vectorize.queue").fetchone()["n"]
-
-
-def vector_of(encoders: EncoderCache, text: str) -> np.ndarray:
-    return encoders.get(MODEL).embed([text])[0]
+from .helpers import MODEL, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
 
 async def test_sql_insert_job_backfills_every_row(conn, products, start_worker, encoders) -> None:
@@ -251,7 +220,7 @@ async def test_claimed_items_survive_a_rolled_back_batch(conn, products, encoder
         encoder.failure_hook = boom
         try:
             with pytest.raises(psycopg.OperationalError):
-                await worker.process_batch(await _job(worker))
+                await worker.process_batch(await _job(worker), Lane.LIVE, 64)
         finally:
             encoder.failure_hook = None
         assert queue_depth(conn) == 1 and embedding_count(conn) == 0
@@ -262,12 +231,8 @@ async def test_claimed_items_survive_a_rolled_back_batch(conn, products, encoder
 
 
 async def _job(worker):
-    from vectorize.queries import query
-    from vectorize.worker import Job
-
-    async with worker.pool.connection() as c:
-        row = await (await c.execute(query("active_jobs"))).fetchone()
-    return Job(**row)
+    (job,) = await worker.manager.jobs_with_work()
+    return job
 
 
 async def test_worker_picks_up_a_job_created_while_running(conn, products, start_worker) -> None:

@@ -19,17 +19,20 @@ from aiohttp import web
 
 from . import jobs, metrics, search
 from .config import Settings
+from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from .embedding.errors import EmbedderUnavailable
 from .errors import UserError
-from .models import EncoderCache
 from .openapi import SPEC
 from .queries import query
 
 log = logging.getLogger(__name__)
 
 POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool)
-ENCODERS = web.AppKey("encoders", EncoderCache)
+CATALOG = web.AppKey("catalog", ModelCatalog)
 SETTINGS = web.AppKey("settings", Settings)
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: Response header of a search that asked for wait_for_sync: "true" when every change
+#: committed before the request was embedded in time, "false" when the wait ran out.
+FRESH_HEADER = "X-Vectorize-Fresh"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,6 +72,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
         log.warning("event=database_unavailable path=%s error=%s", request.path, type(exc).__name__)
         return _error(503, "the database is unavailable; retry shortly")
+    except EmbedderUnavailable as exc:
+        log.warning("event=embedder_unavailable path=%s error=%r", request.path, str(exc))
+        return _error(503, f"the job's embedding model is unavailable; retry shortly ({exc})")
     except Exception:
         request_id = uuid.uuid4().hex[:12]
         log.exception("event=internal_error request=%s path=%s", request_id, request.path)
@@ -117,17 +123,30 @@ async def delete_table(request: web.Request) -> web.Response:
     return web.json_response({"job_name": job_name, "message": f"job {job_name} and its embeddings were deleted"})
 
 
-def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, float], dict[str, Any]]:
-    """Split search parameters into job, query, limit, ranking options and (the rest) filters."""
+def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, float], float | None, dict[str, Any]]:
+    """Split search parameters into job, query, limit, ranking options, wait_for_sync and (the rest) filters."""
     job_name = params.pop("job_name", None)
     text = params.pop("query", None)
     limit = search.parse_limit(params.pop("limit", None))
     ranking = search.parse_ranking(params)
+    wait = search.parse_wait_for_sync(params.pop("wait_for_sync", None))
     if not isinstance(job_name, str) or not job_name:
         raise UserError(400, "job_name is required: the job to search")
     if not isinstance(text, str) or not text:
         raise UserError(400, "query is required: the text to search for")
-    return job_name, text, limit, ranking, params
+    return job_name, text, limit, ranking, wait, params
+
+
+async def _search_response(
+    request: web.Request, job_name: str, text: str, limit: int, ranking: dict[str, float], wait: float | None, filters: dict
+) -> web.Response:
+    """Wait for the job to catch up when asked (read-your-writes), then search."""
+    fresh = None if wait is None else await search.wait_until_synced(request.app[POOL], job_name, wait)
+    results = await search.search(request.app[POOL], request.app[CATALOG], job_name, text, limit, filters, ranking)
+    response = web.json_response(results)
+    if fresh is not None:
+        response.headers[FRESH_HEADER] = "true" if fresh else "false"
+    return response
 
 
 async def search_get(request: web.Request) -> web.Response:
@@ -136,25 +155,22 @@ async def search_get(request: web.Request) -> web.Response:
         if key in params:
             raise UserError(400, f"query parameter {key!r} is given more than once")
         params[key] = value
-    job_name, text, limit, ranking, filters = _search_args(params)
-    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters, ranking)
-    return web.json_response(results)
+    return await _search_response(request, *_search_args(params))
 
 
 async def search_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
-    allowed = {"job_name", "query", "limit", "filters", *search.RANKING_OPTIONS}
+    allowed = {"job_name", "query", "limit", "filters", "wait_for_sync", *search.RANKING_OPTIONS}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise UserError(400, f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
         raise UserError(400, 'filters must be a JSON object of column: value or column: "op.value"')
-    job_name, text, limit, ranking, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
-    results = await search.search(request.app[POOL], request.app[ENCODERS], job_name, text, limit, filters, ranking)
-    return web.json_response(results)
+    job_name, text, limit, ranking, wait, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
+    return await _search_response(request, job_name, text, limit, ranking, wait, filters)
 
 
 async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
@@ -189,7 +205,7 @@ async def health_ready(request: web.Request) -> web.Response:
     database = await _database_ok(request.app[POOL])
     model = True
     try:
-        request.app[ENCODERS].get(DEFAULT_MODEL)
+        request.app[CATALOG].get(DEFAULT_MODEL)
     except Exception:  # the model failed to load: not ready
         model = False
     ready = database and model
@@ -204,14 +220,14 @@ async def health_ready(request: web.Request) -> web.Response:
 HTTP_PARSER_LIMITS = {"max_line_size": 65536, "max_field_size": 65536}
 
 
-def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, encoders: EncoderCache) -> web.Application:
+def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, catalog: ModelCatalog) -> web.Application:
     """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, auth_middleware(settings.api_token)],
         client_max_size=settings.max_body_bytes,
     )
     app[POOL] = pool
-    app[ENCODERS] = encoders
+    app[CATALOG] = catalog
     app[SETTINGS] = settings
     app.router.add_post("/api/v1/table", create_table)
     app.router.add_get("/api/v1/table", list_tables)

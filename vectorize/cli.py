@@ -7,22 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Settings
+from .config import Settings, environment_help
 
-ENV_HELP = """\
-environment:
-  DATABASE_URL            PostgreSQL (14+, with pgvector) to use; unset = embedded PostgreSQL 18
-  VECTORIZE_DATA_DIR      where the embedded PostgreSQL keeps its data (default: the user data dir)
-  VECTORIZE_HOST, VECTORIZE_PORT   API bind address (default 127.0.0.1:8080)
-  VECTORIZE_API_TOKEN     require 'Authorization: Bearer <token>' on the API
-  VECTORIZE_BATCH_SIZE    rows per worker transaction (default 256)
-  VECTORIZE_POLL_INTERVAL seconds between fallback polls (default 5)
-  VECTORIZE_THREADS       inference threads (default: all cores)
-  VECTORIZE_MODELS_DIR    model manifests and exported ONNX files (default: models/)
-  VECTORIZE_LOG_LEVEL     DEBUG, INFO, WARNING (default INFO)
-  VECTORIZE_OPENAI_MODELS comma-separated models of an OpenAI-compatible API, used as "openai/<model>"
-  VECTORIZE_OPENAI_BASE_URL  that API's base URL (default https://api.openai.com/v1); key: OPENAI_API_KEY
-"""
+ENV_HELP = environment_help()
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -46,13 +33,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .models import EncoderCache
-    from .service import prepare_database
+    from .service import model_catalog, prepare_database
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
     try:
-        prepare_database(settings, EncoderCache.from_settings(settings))
+        prepare_database(settings, model_catalog(settings))
     except Exception as exc:
         print(f"vectorize: migration failed: {exc}", file=sys.stderr)
         return 1
@@ -97,22 +83,6 @@ def cmd_models_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(settings: Settings, *, prepare: bool = False):
-    """Resolve the database the way `vectorize up` does (embedded when no DATABASE_URL)."""
-    from dataclasses import replace
-
-    from .embedded import start_embedded
-    from .models import EncoderCache
-    from .service import prepare_database
-
-    encoders = EncoderCache.from_settings(settings)
-    if prepare:
-        return prepare_database(settings, encoders), encoders
-    if not settings.database_url:
-        settings = replace(settings, database_url=start_embedded(settings.data_dir))
-    return settings, encoders
-
-
 def cmd_console(args: argparse.Namespace) -> int:
     """jobs …, search and demo: run one console coroutine, turning user errors into a message."""
     import asyncio
@@ -122,15 +92,17 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     from . import console
     from .errors import UserError
+    from .service import model_catalog, prepare_database
 
     settings = _settings(args)
     _setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
     try:
-        settings, encoders = _database(settings, prepare=args.command == "demo")
+        catalog = model_catalog(settings)
+        settings, _ = prepare_database(settings, catalog, migrate_schema=args.command == "demo")
         if args.command == "demo":
-            coroutine = console.demo(settings, encoders)
+            coroutine = console.demo(settings, catalog)
         elif args.command == "search":
-            coroutine = console.search(settings, encoders, args.job_name, args.query, args.limit)
+            coroutine = console.search(settings, catalog, args.job_name, args.query, args.limit, args.wait_for_sync)
         elif args.jobs_command == "list":
             coroutine = console.jobs_list(settings)
         elif args.jobs_command == "show":
@@ -160,6 +132,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
+    from .embedding.catalog import DEFAULT_MODEL
+
     jobs = sub.add_parser("jobs", help="list, show, wait for, create or delete jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     jobs_sub.add_parser("list", help="every job with its progress").set_defaults(func=cmd_console)
@@ -181,12 +155,18 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", required=True, help="comma-separated columns to embed")
     p.add_argument("--primary-key", required=True, help="primary-key (or unique, not-null) column")
     p.add_argument("--update-time-col", required=True, help="timestamptz column with each row's last update")
-    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.set_defaults(func=cmd_console)
     p = sub.add_parser("search", help="search a job and print the nearest rows")
     p.add_argument("job_name")
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument(
+        "--wait-for-sync",
+        type=float,
+        metavar="SECONDS",
+        help="first wait (up to SECONDS) until every change committed so far is embedded (read-your-writes)",
+    )
     p.set_defaults(func=cmd_console)
     sub.add_parser("demo", help="load pg_vectorize's 40 example products, embed them and search them").set_defaults(
         func=cmd_console

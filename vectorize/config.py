@@ -1,88 +1,106 @@
-"""One settings object: flags override environment, environment overrides defaults."""
+"""One settings object: flags override environment, environment overrides defaults.
+
+Each setting's help text lives beside it (``doc``), and ``vectorize --help`` prints
+the environment variables from here, so the two cannot drift apart."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+import warnings
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-import platformdirs
-
+from .embedding.remote import DEFAULT_BASE_URL
 from .paths import MODELS_DIR
 
 
 def _default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("vectorize"))
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (common on servers and in
+        # containers); the data directory does not depend on it, so say nothing.
+        warnings.simplefilter("ignore")
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("vectorize"))
+
+
+def _setting(default: object, doc: str, *, env: str | None = None, factory: Any = None) -> Any:
+    metadata = {"doc": doc, "env": env}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
-    #: PostgreSQL URL; None means "start the embedded server under data_dir".
-    database_url: str | None = None
-    data_dir: Path = field(default_factory=_default_data_dir)
-    models_dir: Path = MODELS_DIR
-    host: str = "127.0.0.1"
-    port: int = 8080
-    #: When set, every endpoint but /health/live needs "Authorization: Bearer <token>".
-    api_token: str | None = None
-    #: Rows claimed per worker transaction. Large enough that length-sorting inside the
-    #: batch keeps padding low (64 reached 67% of the engine's speed in a backfill, 256: 92%),
-    #: small enough that a batch finishes well within the 10 s shutdown budget.
-    batch_size: int = 256
-    #: Rows per transaction while a job's backfill scan runs: sorting 512 texts by length
-    #: instead of 256 wastes less padding (backfill 0.88 -> 0.95 of the engine's rate). Kept
-    #: apart from batch_size because live changes queued during a backfill wait behind it.
-    backfill_batch_size: int = 512
-    #: Seconds between fallback polls when no notification arrives.
-    poll_interval: float = 5.0
-    #: Inference threads (default: every core).
-    threads: int | None = None
-    log_level: str = "INFO"
-    #: Tries before a failing row is parked in vectorize.failure.
-    max_attempts: int = 5
-    #: Seconds before the first retry of a failed row; doubles with each try (capped at 5 min).
-    retry_backoff: float = 1.0
-    max_body_bytes: int = 1 << 20
-    #: Comma-separated models served by an OpenAI-compatible API, usable as "openai/<model>".
-    openai_models: str = ""
-    #: Base URL of that API (OpenAI, Ollama, vLLM, text-embeddings-inference, ...).
-    openai_base_url: str = "https://api.openai.com/v1"
-    #: Read from OPENAI_API_KEY.
-    openai_api_key: str | None = None
+    database_url: str | None = _setting(
+        None, "PostgreSQL (14+, with pgvector) to use; unset = embedded PostgreSQL 18", env="DATABASE_URL"
+    )
+    data_dir: Path = _setting(
+        None, "where the embedded PostgreSQL keeps its data (default: the user data dir)", factory=_default_data_dir
+    )
+    models_dir: Path = _setting(MODELS_DIR, "model manifests and exported ONNX files (default: models/)")
+    host: str = _setting("127.0.0.1", "API bind address")
+    port: int = _setting(8080, "API port")
+    api_token: str | None = _setting(None, "require 'Authorization: Bearer <token>' on the API (all but /health/live)")
+    # Live changes are claimed in small batches: a change of another job waits behind at
+    # most one of them. Inference itself is shared by priority (embedding/encoder.py).
+    batch_size: int = _setting(64, "rows per live-change batch (changes captured by the triggers)")
+    # Sorting 512 texts by length instead of 256 wastes less padding (backfill 0.88 -> 0.95
+    # of the engine's rate). Live changes never wait behind these: they are a lane of their own.
+    backfill_batch_size: int = _setting(512, "rows per backfill batch")
+    poll_interval: float = _setting(5.0, "seconds between fallback polls when no notification arrives")
+    threads: int | None = _setting(None, "inference threads (default: all cores)")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING")
+    max_attempts: int = _setting(5, "tries before a failing row is parked in vectorize.failure")
+    retry_backoff: float = _setting(1.0, "seconds before a failed row's first retry; doubles per try, capped at 5 min")
+    embedder_backoff: float = _setting(2.0, "seconds a job first waits when its embedder is down; doubles per failed try")
+    embedder_backoff_max: float = _setting(60.0, "longest wait between tries of an embedder that is down")
+    max_body_bytes: int = _setting(1 << 20, "largest accepted request body")
+    openai_models: str = _setting("", 'comma-separated models of an OpenAI-compatible API, used as "openai/<model>"')
+    openai_base_url: str = _setting(DEFAULT_BASE_URL, "that API's base URL (OpenAI, Ollama, vLLM, TEI, ...)")
+    openai_api_key: str | None = _setting(None, "that API's key", env="OPENAI_API_KEY")
+    openai_max_retries: int = _setting(3, "quick retries of a failed request before the job waits")
+    openai_backoff: float = _setting(0.5, "seconds before the first quick retry; doubles per retry")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Read ``DATABASE_URL`` and ``VECTORIZE_*``; keyword overrides (from flags) win."""
+        """Read ``DATABASE_URL``, ``OPENAI_API_KEY`` and ``VECTORIZE_*``; keyword overrides (from flags) win."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
-        if env.get("DATABASE_URL"):
-            values["database_url"] = env["DATABASE_URL"]
-        if env.get("OPENAI_API_KEY"):
-            values["openai_api_key"] = env["OPENAI_API_KEY"]
         for f in fields(cls):
-            raw = env.get(f"VECTORIZE_{f.name.upper()}")
+            raw = env.get(env_name(f.name))
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(f.name, raw)
+            values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
 
-def _parse(name: str, raw: str) -> object:
-    kinds: dict[str, type] = {
-        "data_dir": Path,
-        "models_dir": Path,
-        "port": int,
-        "batch_size": int,
-        "backfill_batch_size": int,
-        "max_attempts": int,
-        "retry_backoff": float,
-        "poll_interval": float,
-        "threads": int,
-        "max_body_bytes": int,
-    }
-    kind = kinds.get(name, str)
+def env_name(setting: str) -> str:
+    f = next(f for f in fields(Settings) if f.name == setting)
+    return f.metadata.get("env") or f"VECTORIZE_{setting.upper()}"
+
+
+def environment_help() -> str:
+    """The ``environment:`` section of ``--help``, one line per setting."""
+    lines = ["environment:"]
+    for f in fields(Settings):
+        default = "" if f.default is MISSING or f.default in (None, "") else f" (default {f.default})"
+        if f.name == "models_dir":
+            default = ""
+        lines.append(f"  {env_name(f.name):31} {f.metadata['doc']}{default}")
+    return "\n".join(lines) + "\n"
+
+
+_KINDS: dict[str, type] = {"Path": Path, "int": int, "float": float}
+
+
+def _parse(name: str, annotation: object, raw: str) -> object:
+    text = str(annotation).replace(" | None", "")
+    kind = _KINDS.get(text, str)
     try:
         return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"VECTORIZE_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from exc

@@ -18,10 +18,11 @@ from rich.table import Table
 from . import jobs
 from .config import Settings
 from .db import make_pool
-from .models import EncoderCache
+from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .paths import SQL_DIR
 from .queries import query
 from .search import search as search_rows
+from .search import wait_until_synced
 from .worker import Worker
 
 console = Console()
@@ -32,7 +33,7 @@ DEMO_JOB = {
     "src_columns": ["product_name", "description"],
     "primary_key": "product_id",
     "update_time_col": "updated_at",
-    "model": "sentence-transformers/all-MiniLM-L6-v2",
+    "model": DEFAULT_MODEL,
 }
 
 
@@ -53,19 +54,26 @@ def _source_rows(status: dict[str, Any]) -> str:
     return f"~{status['source_rows']}" if status["source_rows_estimated"] else str(status["source_rows"])
 
 
+def _age(*seconds: float | None) -> str:
+    """The oldest pending item's age, for a terminal."""
+    known = [s for s in seconds if s is not None]
+    return f"{max(known):.1f}s" if known else "-"
+
+
 async def jobs_list(settings: Settings) -> int:
     async with _pool(settings) as pool:
         statuses = await jobs.list_jobs(pool)
-    table = Table("job", "table", "model", "status", "embedded", "source rows", "pending", "failed", "backfill")
+    table = Table("job", "table", "model", "state", "embedded", "source rows", "pending", "oldest", "failed", "backfill")
     for r in statuses:
         table.add_row(
             r["job_name"],
             f"{r['src_schema']}.{r['src_table']}",
             r["model"],
-            r["status"],
+            r["sync_state"],
             str(r["embedded_rows"]),
             _source_rows(r),
             str(r["pending"]),
+            _age(r["oldest_live_seconds"], r["oldest_backfill_seconds"]),
             str(r["failed_rows"]),
             "done" if r["backfill_done"] else "running",
         )
@@ -139,10 +147,16 @@ async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = N
     return 0
 
 
-async def search(settings: Settings, encoders: EncoderCache, job_name: str, text: str, limit: int) -> int:
+async def search(
+    settings: Settings, catalog: ModelCatalog, job_name: str, text: str, limit: int, wait_for_sync: float | None = None
+) -> int:
     async with _pool(settings) as pool:
         job = await jobs.job_status(pool, job_name)
-        results = await search_rows(pool, encoders, job_name, text, limit)
+        if wait_for_sync is not None and not await wait_until_synced(pool, job_name, wait_for_sync):
+            console.print(
+                f"[yellow]changes to {job_name} are still being embedded after {wait_for_sync:g}s; results may be stale[/yellow]"
+            )
+        results = await search_rows(pool, catalog, job_name, text, limit)
     # The key and the embedded columns fit a terminal; the API returns every column.
     columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
     table = Table("similarity", *columns, title=f"{job_name}: {text!r}")
@@ -152,7 +166,7 @@ async def search(settings: Settings, encoders: EncoderCache, job_name: str, text
     return 0
 
 
-async def demo(settings: Settings, encoders: EncoderCache) -> int:
+async def demo(settings: Settings, catalog: ModelCatalog) -> int:
     """pg_vectorize's example end to end: table, job, backfill with a worker, two searches."""
     async with _pool(settings) as pool:
         async with pool.connection() as conn:
@@ -163,7 +177,7 @@ async def demo(settings: Settings, encoders: EncoderCache) -> int:
         await jobs.create_job(pool, DEMO_JOB)
     console.print("created job my_job (or found it already there)")
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(replace(settings), encoders).run(stop))
+    worker = asyncio.create_task(Worker(replace(settings), catalog).run(stop))
     try:
         code = await jobs_wait(settings, "my_job", timeout=300)
     finally:
@@ -172,5 +186,5 @@ async def demo(settings: Settings, encoders: EncoderCache) -> int:
     if code:
         return code
     for text in ("camping gear", "something to write with"):
-        await search(settings, encoders, "my_job", text, 3)
+        await search(settings, catalog, "my_job", text, 3)
     return 0

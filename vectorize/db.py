@@ -1,15 +1,17 @@
-"""Connections and schema: pgvector check, migrations, connection pool factory."""
+"""Connections and schema: pgvector check, migrations and function files, the model
+table, connection pool factory."""
 
 from __future__ import annotations
 
 import logging
 
 import psycopg
-from pgvector.psycopg import register_vector, register_vector_async
+from pgvector.psycopg import register_vector_async
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from .queries import migration_files, query
+from .embedding.catalog import ModelInfo
+from .queries import function_files, migration_files, query
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,11 @@ def ensure_pgvector(conn: psycopg.Connection) -> None:
 
 
 def migrate(database_url: str) -> list[str]:
-    """Apply every migration not yet recorded, in order, in one transaction; returns the new ones."""
+    """Bring the schema up to date in one transaction; returns the migrations it applied.
+
+    Migrations not yet recorded run once, in order. Then every function file is applied
+    again (``create or replace``), so a changed function body reaches a database that was
+    migrated long ago, and per-job objects built by an older generator are rebuilt."""
     with psycopg.connect(database_url) as conn:
         ensure_pgvector(conn)
         conn.commit()
@@ -59,15 +65,31 @@ def migrate(database_url: str) -> list[str]:
                 conn.execute(body.encode())  # type: ignore[call-overload]
                 conn.execute(query("record_migration"), {"name": name})
                 applied.append(name)
+            for _, body in function_files():
+                conn.execute(body.encode())  # type: ignore[call-overload]
+            row = conn.execute(query("refresh_job_objects")).fetchone()
+            rebuilt = row[0] if row else 0
     for name in applied:
         log.info("event=migration_applied name=%s", name)
+    if rebuilt:
+        log.info("event=job_objects_rebuilt jobs=%d", rebuilt)
     return applied
 
 
-def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    conn = psycopg.connect(database_url, autocommit=autocommit, row_factory=dict_row)
-    register_vector(conn)
-    return conn
+def publish_models(conn: psycopg.Connection, models: list[ModelInfo]) -> None:
+    """Tell the database which models this installation can run (job validation reads it)."""
+    with conn.transaction():
+        for m in models:
+            conn.execute(
+                query("upsert_model"),
+                {
+                    "name": m.name,
+                    "dimension": m.dimension,
+                    "max_tokens": m.max_tokens,
+                    "provider": m.provider,
+                    "precision": m.precision,
+                },
+            )
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:

@@ -72,7 +72,7 @@ async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:
 def _status_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["id"] = str(out["id"])
-    for key in ("backfilled_at", "last_activity", "created_at"):
+    for key in ("backfilled_at", "last_activity", "created_at", "waiting_until"):
         if out.get(key) is not None:
             out[key] = out[key].isoformat()
     # Rows per second over the last minute.

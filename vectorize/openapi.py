@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .jobs import JOB_FIELDS
-from .search import MAX_LIMIT
+from .search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, RANKING_OPTIONS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME = {"type": "string", "minLength": 1}
@@ -24,7 +24,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "a job with this name exists with a different definition",
         413: "request body larger than the limit",
         500: "internal error; the message names a request id to find in the server log",
-        503: "the database is unavailable",
+        503: "the database, or the job's embedding model, is unavailable",
     }
     return {
         str(status): {"description": reasons[status], "content": {"application/json": {"schema": _ERROR}}}
@@ -40,10 +40,25 @@ _SEARCH_PARAMS = [
     {"name": "job_name", "in": "query", "required": True, "schema": _NAME},
     {"name": "query", "in": "query", "required": True, "schema": _NAME},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 10}},
-    {"name": "semantic_wt", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 1.0}},
-    {"name": "fts_wt", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 1.0}},
-    {"name": "rrf_k", "in": "query", "schema": {"type": "number", "minimum": 0, "default": 60}},
+    *(
+        {"name": name, "in": "query", "schema": {"type": "number", "minimum": 0, "default": default}}
+        for name, default in RANKING_OPTIONS.items()
+    ),
+    {
+        "name": "wait_for_sync",
+        "in": "query",
+        "description": "Read-your-writes: wait up to this many seconds until every change to the job's table committed "
+        "before the request is embedded. The X-Vectorize-Fresh response header says whether it was.",
+        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_SYNC},
+    },
 ]
+_FRESH = {
+    "X-Vectorize-Fresh": {
+        "description": "Only with wait_for_sync: true when every change committed before the request was embedded "
+        "in time, false when the wait ran out first",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    }
+}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -79,9 +94,8 @@ SPEC: dict[str, Any] = {
                         "type": "object",
                         "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
                     },
-                    "semantic_wt": {"type": "number", "minimum": 0},
-                    "fts_wt": {"type": "number", "minimum": 0},
-                    "rrf_k": {"type": "number", "minimum": 0},
+                    **{name: {"type": "number", "minimum": 0, "default": default} for name, default in RANKING_OPTIONS.items()},
+                    "wait_for_sync": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_SYNC},
                 },
             },
             "SearchResult": {
@@ -109,6 +123,13 @@ SPEC: dict[str, Any] = {
                     "model": {"type": "string"},
                     "status": {"type": "string", "enum": ["active", "failed"]},
                     "status_message": {"type": "string", "nullable": True},
+                    "sync_state": {"type": "string", "enum": ["live", "backfilling", "waiting_for_embedder", "failed"]},
+                    "waiting_reason": {"type": "string", "nullable": True},
+                    "waiting_until": {"type": "string", "nullable": True},
+                    "pending_live": {"type": "integer"},
+                    "pending_backfill": {"type": "integer"},
+                    "oldest_live_seconds": {"type": "number", "nullable": True},
+                    "oldest_backfill_seconds": {"type": "number", "nullable": True},
                     "source_rows": {"type": "integer", "nullable": True},
                     "source_rows_estimated": {"type": "boolean", "nullable": True},
                     "embedded_rows": {"type": "integer", "nullable": True},
@@ -187,7 +208,10 @@ SPEC: dict[str, Any] = {
                 "summary": "Nearest rows to a query (hybrid vector + full-text ranking)",
                 "parameters": _SEARCH_PARAMS,
                 "responses": {
-                    "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                    "200": {
+                        **_json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                        "headers": _FRESH,
+                    },
                     **_errors(400, 403, 404),
                 },
             },
@@ -198,7 +222,10 @@ SPEC: dict[str, Any] = {
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
                 },
                 "responses": {
-                    "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                    "200": {
+                        **_json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
+                        "headers": _FRESH,
+                    },
                     **_errors(400, 403, 404, 413),
                 },
             },

@@ -1,4 +1,5 @@
-"""The named SQL blocks of ``sql/queries.sql``, parsed once."""
+"""The SQL files: named blocks of ``sql/queries.sql`` (parsed once), the numbered
+migrations and the re-applied function files."""
 
 from __future__ import annotations
 
@@ -25,5 +26,10 @@ def query(name: str) -> sql.SQL:
 
 
 def migration_files() -> list[tuple[str, str]]:
-    """Numbered migrations in order, as (file name, SQL)."""
-    return [(p.name, p.read_text()) for p in sorted(SQL_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+    """Numbered migrations in order, as (file name, SQL): tables, columns, indexes, data; run once each."""
+    return [(p.name, p.read_text()) for p in sorted((SQL_DIR / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+
+
+def function_files() -> list[tuple[str, str]]:
+    """Functions, triggers and views in order, as (file name, SQL): re-applied on every start."""
+    return [(p.name, p.read_text()) for p in sorted((SQL_DIR / "functions").glob("*.sql"))]

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
+from .embedding.catalog import ModelCatalog
 from .errors import UserError, database_errors, reject_nul
-from .models import EncoderCache
 from .queries import query
 
 MAX_LIMIT = 1000
+#: Longest read-your-writes wait a request may ask for.
+MAX_WAIT_FOR_SYNC = 60.0
+#: How often a read-your-writes wait looks at the queue.
+SYNC_POLL_SECONDS = 0.01
 
 
-#: Search options besides job_name/query/limit; any other GET parameter is a filter.
+#: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
+#: function's defaults and the OpenAPI document are checked against them in the tests).
 RANKING_OPTIONS = {"semantic_wt": 1.0, "fts_wt": 1.0, "rrf_k": 60.0}
 
 
@@ -50,9 +56,39 @@ def parse_limit(raw: object, default: int = 10) -> int:
     return limit
 
 
+def parse_wait_for_sync(raw: object) -> float | None:
+    """``wait_for_sync``: seconds (0 to MAX_WAIT_FOR_SYNC) to wait for the job to catch up; None: don't."""
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(raw, bool) or not 0 <= seconds <= MAX_WAIT_FOR_SYNC:
+        raise UserError(400, f"wait_for_sync must be a number of seconds from 0 to {MAX_WAIT_FOR_SYNC:g}, got {raw!r}")
+    return seconds
+
+
+async def wait_until_synced(pool: AsyncConnectionPool, job_name: str, timeout: float) -> bool:
+    """Read-your-writes: wait, up to ``timeout`` seconds, until every change to the job's table
+    committed before this call is embedded. True if it is (the answer will be fresh)."""
+    reject_nul("job_name", job_name)
+    deadline = time.monotonic() + timeout
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query("sync_position"), {"job_name": job_name})).fetchone()
+        position = row["position"] if row else 0
+        while True:
+            done = await (await conn.execute(query("synced_to"), {"job_name": job_name, "position": position})).fetchone()
+            if done and done["synced"]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(SYNC_POLL_SECONDS)
+
+
 async def search(
     pool: AsyncConnectionPool,
-    encoders: EncoderCache,
+    catalog: ModelCatalog,
     job_name: str,
     text: str,
     limit: int = 10,
@@ -71,7 +107,7 @@ async def search(
             row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
             if row is None:
                 raise UserError(404, f"job {job_name!r} does not exist")
-            encoder = await asyncio.to_thread(encoders.get, row["model"])
+            encoder = await asyncio.to_thread(catalog.get, row["model"])
             (vector,) = await asyncio.to_thread(encoder.embed, [text])
             cur = await conn.execute(
                 query("search"),

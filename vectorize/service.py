@@ -17,11 +17,12 @@ import psycopg
 from aiohttp import web
 
 from . import systemd
-from .api import DEFAULT_MODEL, HTTP_PARSER_LIMITS, create_app
+from .api import HTTP_PARSER_LIMITS, create_app
 from .config import Settings
-from .db import make_pool, migrate
-from .embedded import start_embedded
-from .models import EncoderCache, register_models
+from .db import make_pool, migrate, publish_models
+from .embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
+from .embedding.errors import EmbedderUnavailable
+from .local_postgres import start_local_postgres
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,66 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 6.0
 
 
-def prepare_database(settings: Settings, encoders: EncoderCache) -> Settings:
-    """Resolve the database (embedded when no URL), migrate it and publish the models."""
+#: Longest wait between two tries to reach a remote model that was down at start-up.
+MODEL_RETRY_MAX = 60.0
+
+
+def model_catalog(settings: Settings) -> ModelCatalog:
+    catalog = ModelCatalog(
+        settings.models_dir,
+        settings.threads,
+        openai_models=tuple(m.strip() for m in settings.openai_models.split(",") if m.strip()),
+        openai_base_url=settings.openai_base_url,
+        openai_api_key=settings.openai_api_key,
+    )
+    for embedder in catalog.remote.values():
+        embedder.max_retries = settings.openai_max_retries
+        embedder.backoff = settings.openai_backoff
+    return catalog
+
+
+def prepare_database(
+    settings: Settings, catalog: ModelCatalog, *, migrate_schema: bool = True
+) -> tuple[Settings, dict[str, str]]:
+    """Resolve the database (the local PostgreSQL when no URL is given), then bring its schema
+    up to date and publish the models. Returns the settings with the URL, and the remote models
+    that could not be reached (name -> why): publish them later with ``publish_when_reachable``."""
     if not settings.database_url:
-        settings = replace(settings, database_url=start_embedded(settings.data_dir))
-        print(f"database: {settings.database_url}  (embedded PostgreSQL; try: psql '{settings.database_url}')", flush=True)
+        settings = replace(settings, database_url=start_local_postgres(settings.data_dir))
+        if migrate_schema:
+            print(f"database: {settings.database_url}  (embedded PostgreSQL; try: psql '{settings.database_url}')", flush=True)
     assert settings.database_url
+    if not migrate_schema:
+        return settings, {}
     migrate(settings.database_url)
+    models, unavailable = catalog.available()
     with psycopg.connect(settings.database_url) as conn:
-        register_models(conn, encoders)
-    return settings
+        publish_models(conn, models)
+    return settings, unavailable
+
+
+async def publish_when_reachable(settings: Settings, catalog: ModelCatalog, names: list[str], stop: asyncio.Event) -> None:
+    """Keep asking remote models that were down at start-up, and publish each once it answers,
+    so that jobs can be created for them without a restart (their existing jobs just wait)."""
+    delay = 1.0
+    waiting = list(names)
+    while waiting and not stop.is_set():
+        await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=delay)
+        for name in list(waiting):
+            try:
+                info = await asyncio.to_thread(catalog.probe_remote, name)
+                await asyncio.to_thread(_publish, settings.database_url or "", info)
+            except (EmbedderUnavailable, psycopg.OperationalError) as exc:
+                log.info("event=remote_model_still_unavailable model=%s retry_in=%.0f error=%r", name, delay, str(exc))
+                continue
+            log.info("event=remote_model_published model=%s dimension=%d", name, info.dimension)
+            waiting.remove(name)
+        delay = min(delay * 2, MODEL_RETRY_MAX)
+
+
+def _publish(database_url: str, info: ModelInfo) -> None:
+    with psycopg.connect(database_url) as conn:
+        publish_models(conn, [info])
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -58,27 +109,35 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 async def serve(
-    settings: Settings, encoders: EncoderCache, *, api: bool, worker: bool, stop: asyncio.Event | None = None
+    settings: Settings,
+    catalog: ModelCatalog,
+    *,
+    api: bool,
+    worker: bool,
+    stop: asyncio.Event | None = None,
+    unavailable_models: tuple[str, ...] = (),
 ) -> None:
     """Run until stopped; ``settings.database_url`` must already be resolved."""
     assert settings.database_url
     if stop is None:
         stop = asyncio.Event()
         _install_signal_handlers(stop)
-    await asyncio.to_thread(encoders.get, DEFAULT_MODEL)  # load (and export if needed) before serving
+    await asyncio.to_thread(catalog.get, DEFAULT_MODEL)  # load (and export if needed) before serving
     tasks: list[asyncio.Task[None]] = []
+    if unavailable_models:
+        tasks.append(asyncio.create_task(publish_when_reachable(settings, catalog, list(unavailable_models), stop)))
     workers: list[Worker] = []
     runner: web.AppRunner | None = None
     pool = make_pool(settings.database_url, min_size=1, max_size=8, name="api") if api else None
     try:
         if pool is not None:
             await pool.open()
-            runner = web.AppRunner(create_app(settings, pool, encoders), access_log=None, **HTTP_PARSER_LIMITS)
+            runner = web.AppRunner(create_app(settings, pool, catalog), access_log=None, **HTTP_PARSER_LIMITS)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
             print(f"api: http://{settings.host}:{settings.port}", flush=True)
         if worker:
-            workers.append(Worker(settings, encoders))
+            workers.append(Worker(settings, catalog))
             tasks.append(asyncio.create_task(workers[0].run(stop), name="worker"))
             print("worker: running", flush=True)
         log.info("event=ready api=%s worker=%s", api, worker)
@@ -105,11 +164,11 @@ async def serve(
 
 
 def run(settings: Settings, *, api: bool, worker: bool) -> int:
-    encoders = EncoderCache.from_settings(settings)
+    catalog = model_catalog(settings)
     try:
-        settings = prepare_database(settings, encoders)
+        settings, unavailable = prepare_database(settings, catalog)
     except Exception as exc:  # start-up failure: say what and exit non-zero
         print(f"vectorize: cannot start: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(serve(settings, encoders, api=api, worker=worker))
+    asyncio.run(serve(settings, catalog, api=api, worker=worker, unavailable_models=tuple(unavailable)))
     return 0

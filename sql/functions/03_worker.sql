@@ -2,38 +2,13 @@
 -- statement from the job row with format('%I'), so the worker never glues
 -- identifiers together in Python.
 
--- The text embedded for a row, as a SQL expression over alias "s":
--- '<column>: <value>' for each source column in order, joined by single spaces,
--- NULL as the empty string (the pg_vectorize server's format).
-create or replace function vectorize._content_expr(j vectorize.job) returns text
-language sql stable as $$
-    select format('concat_ws(%L, %s)', ' ',
-                  string_agg(format('%L || coalesce(s.%I::text, %L)', c || ': ', c, ''), ', ' order by ord))
-      from unnest(j.src_columns) with ordinality as u(c, ord)
-$$;
-
--- The source table's current qualified name, found by OID so a renamed table is
--- followed. A dropped table raises undefined_table, which fails the job.
-create or replace function vectorize._source(j vectorize.job) returns text
-language plpgsql stable as $$
-declare
-    v_name text;
-begin
-    select format('%I.%I', n.nspname, c.relname) into v_name
-      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-     where c.oid = j.src_relid;
-    if v_name is null then
-        raise exception using errcode = 'undefined_table',
-            message = format('source table %I.%I of job %s no longer exists', j.src_schema, j.src_table, j.job_name);
-    end if;
-    return v_name;
-end $$;
-
 -- One page of the keyset scan that backfills a job and reconciles it after
 -- downtime: queue the next rows (by primary key) whose embedding is missing or
 -- older than the row's update_time_col. Returns how many rows it looked at;
--- 0 means the pass is complete. Only one worker advances a job's scan at a time
--- (the job row is locked with SKIP LOCKED); others simply get -1 and move on.
+-- fewer than p_page means the pass is complete. The rows go to the backfill lane,
+-- behind every live change. Only one worker advances a job's scan at a time (the
+-- job row is locked with SKIP LOCKED): another gets -2 and tries again later; -1
+-- means the job has no scan to run.
 create or replace function vectorize.scan_step(p_job_id uuid, p_page int)
 returns int language plpgsql as $$
 declare
@@ -41,10 +16,13 @@ declare
     v_seen   int;
     v_last   text;
 begin
+    if not exists (select 1 from vectorize.job where id = p_job_id and scan_active and status = 'active') then
+        return -1;
+    end if;
     select * into j from vectorize.job where id = p_job_id and scan_active and status = 'active'
        for update skip locked;
     if not found then
-        return -1;
+        return -2;
     end if;
     execute format(
         'with page as (
@@ -54,15 +32,15 @@ begin
               order by s.%1$I
               limit $2),
          queued as (
-             insert into vectorize.queue (job_id, pk)
-             select $3, p.pk::text from page p
-              where not exists (select 1 from vectorize.%5$I e
+             insert into vectorize.queue (job_id, pk, lane)
+             select $3, p.pk::text, ''backfill'' from page p
+              where not exists (select 1 from %5$s e
                                  where e.%1$I = p.pk and e.source_updated_at >= p.version)
              returning 1)
          select (select count(*) from page)::int,
                 (select p.pk::text from page p order by p.pk desc limit 1),
                 (select count(*) from queued)::int',
-        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, '_embeddings_' || j.job_name)
+        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, vectorize._embeddings_table(j.job_name))
       into v_seen, v_last
       using j.scan_cursor, p_page, j.id;
     if v_seen < p_page then
@@ -87,10 +65,10 @@ begin
     return query execute format(
         'select s.%1$I::text, %2$s, s.%3$I, e.content_hash
            from %4$s s
-           left join vectorize.%5$I e on e.%1$I = s.%1$I
+           left join %5$s e on e.%1$I = s.%1$I
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
-        '_embeddings_' || j.job_name, j.pk_type)
+        vectorize._embeddings_table(j.job_name), j.pk_type)
     using p_pks;
 end $$;
 
@@ -109,9 +87,9 @@ declare
     v_written int;
 begin
     select * into j from vectorize.job where id = p_job_id;
-    v_emb := '_embeddings_' || j.job_name;
+    v_emb := vectorize._embeddings_table(j.job_name);
     execute format(
-        'insert into vectorize.%1$I as e (%2$I, embedding, fts, content_hash, source_updated_at, version, updated_at)
+        'insert into %1$s as e (%2$I, embedding, fts, content_hash, source_updated_at, version, updated_at)
          select s.pk::%3$s, s.embedding, to_tsvector(''english'', s.content), s.content_hash, s.source_updated_at, s.version, now()
            from pg_temp.vectorize_staging s
           where s.embedding is not null
@@ -123,14 +101,14 @@ begin
         v_emb, j.primary_key, j.pk_type, vectorize._source(j));
     get diagnostics v_written = row_count;
     execute format(
-        'update vectorize.%1$I e
+        'update %1$s e
             set source_updated_at = s.source_updated_at, version = s.version
            from pg_temp.vectorize_staging s
           where s.embedding is null and e.%2$I = s.pk::%3$s and e.version < s.version',
         v_emb, j.primary_key, j.pk_type);
     if cardinality(p_gone) > 0 then
         execute format(
-            'delete from vectorize.%1$I e
+            'delete from %1$s e
               where e.%2$I = any($1::%3$s[])
                 and not exists (select 1 from %4$s src where src.%2$I = e.%2$I)',
             v_emb, j.primary_key, j.pk_type, vectorize._source(j))

@@ -60,18 +60,6 @@ begin
     return array_to_string(v_parts, ' and ');
 end $$;
 
-create or replace function vectorize._job_by_name(p_job_name text) returns vectorize.job
-language plpgsql stable as $$
-declare
-    j vectorize.job;
-begin
-    select * into j from vectorize.job where job_name = p_job_name;
-    if not found then
-        perform vectorize._fail('VZ404', format('job %s does not exist', to_json(p_job_name)));
-    end if;
-    return j;
-end $$;
-
 -- Nearest rows by vector, fused with full-text matches of the query text:
 -- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
 -- a missing rank contributing nothing. Without query text it is a pure vector search.
@@ -116,11 +104,11 @@ begin
         'with semantic as (
              select e.%3$I as pk, 1 - (e.embedding <=> $1) as similarity,
                     row_number() over (order by e.embedding <=> $1) as rank
-               from (select e.* from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I
+               from (select e.* from %1$s e join %2$s s on s.%3$I = e.%3$I
                       where %4$s order by e.embedding <=> $1 limit $2) e),
          fts as (
              select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
-               from vectorize.%1$I e join %2$s s on s.%3$I = e.%3$I,
+               from %1$s e join %2$s s on s.%3$I = e.%3$I,
                     websearch_to_tsquery(''english'', coalesce($3, '''')) q
               where $3 is not null and e.fts @@ q and %4$s
               order by ts_rank_cd(e.fts, q) desc, e.%3$I
@@ -134,9 +122,9 @@ begin
                     ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score)
            from fused fu
            join %2$s s on s.%3$I = fu.pk
-           join vectorize.%1$I e on e.%3$I = fu.pk
+           join %1$s e on e.%3$I = fu.pk
           order by fu.rrf_score desc, e.embedding <=> $1
           limit $2',
-        '_embeddings_' || j.job_name, vectorize._source(j), j.primary_key, v_filter)
+        vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter)
     using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k;
 end $$;

@@ -1,26 +1,7 @@
--- Job validation and the objects each job owns.
+-- Jobs: validation, the objects each job owns, and the API's entry point.
 --
 -- The rules live here, not in the API, so `INSERT INTO vectorize.job` from psql
--- and `POST /api/v1/table` behave identically. Errors use our own SQLSTATEs,
--- which the API maps to HTTP statuses:
---   VZ400 -> 400 (bad definition)   VZ404 -> 404 (schema/table/column missing)
---   VZ409 -> 409 (name taken by a different definition)   42501 -> 403 (no privilege)
-
-create or replace function vectorize._fail(code text, message text, hint text default null)
-returns void language plpgsql as $$
-begin
-    if hint is null then
-        raise exception using errcode = code, message = message;
-    end if;
-    raise exception using errcode = code, message = message, hint = hint;
-end $$;
-
--- Names of bookkeeping columns in _embeddings_<job>; the source's primary key
--- shares that table, so it may not use one of them.
-create or replace function vectorize._reserved_columns() returns text[]
-language sql immutable as $$
-    select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at']
-$$;
+-- and `POST /api/v1/table` behave identically (errors: see vectorize._fail).
 
 create or replace function vectorize._validate_job() returns trigger
 language plpgsql as $$
@@ -140,8 +121,13 @@ begin
     new.scan_active := true;
     new.scan_cursor := null;
     new.backfilled_at := null;
+    new.paused_until := null;
+    new.pause_reason := null;
+    new.pause_count := 0;
+    new.objects_version := null;
     return new;
 end $$;
+
 
 -- A job's definition is fixed once created: the objects built from it would no longer match.
 create or replace function vectorize._guard_job_update() returns trigger
@@ -156,37 +142,29 @@ begin
     return new;
 end $$;
 
--- Builds the per-job objects: embeddings table + indexes, the joined view, and
--- the capture triggers on the source. O(1) in the source's size: nothing is scanned.
-create or replace function vectorize._create_job_objects() returns trigger
+-- The per-job objects that are generated from a job's definition and can be
+-- rebuilt at any time without losing data: the capture function, its triggers
+-- on the source, and the joined view. Re-run on start-up whenever this
+-- function's body changed (vectorize._objects_version), so an upgrade reaches
+-- jobs created by an older release.
+create or replace function vectorize._install_job_objects(j vectorize.job) returns void
 language plpgsql as $$
 declare
-    j         vectorize.job := new;
-    v_emb     text := '_embeddings_' || j.job_name;
+    v_emb     text := vectorize._embeddings_table(j.job_name);
     v_capture text := '_capture_' || j.job_name;
+    v_source  text := vectorize._source(j);
     v_changed text;
 begin
-    execute format(
-        'create table vectorize.%I (
-             %I %s primary key,
-             embedding vector(%s) not null,
-             fts tsvector,
-             content_hash bytea not null,
-             source_updated_at timestamptz,
-             version bigint not null,
-             updated_at timestamptz not null default now())',
-        v_emb, j.primary_key, j.pk_type, j.dimension);
-    execute format('create index %I on vectorize.%I using hnsw (embedding vector_cosine_ops)', v_emb || '_hnsw', v_emb);
-    execute format('create index %I on vectorize.%I using gin (fts)', v_emb || '_fts', v_emb);
     -- Only the key and the embedded columns: a view depends on every column it names,
     -- and naming all of them (s.*) would block DROP COLUMN of unrelated columns.
+    execute format('drop view if exists vectorize.%I', j.job_name || '_view');
     execute format(
         'create view vectorize.%I as
              select s.%I, %s, e.embedding as vectorize_embedding, e.updated_at as vectorize_updated_at
-               from %I.%I s join vectorize.%I e on e.%I = s.%I',
+               from %s s join %s e on e.%I = s.%I',
         j.job_name || '_view', j.primary_key,
         (select string_agg(format('s.%I', c), ', ') from unnest(j.src_columns) c where c <> j.primary_key),
-        j.src_schema, j.src_table, v_emb, j.primary_key, j.primary_key);
+        v_source, v_emb, j.primary_key, j.primary_key);
 
     -- "Did any embedded column change?" compared as text, the form that is embedded
     -- (so types without an equality operator, like json, work too).
@@ -197,9 +175,9 @@ begin
     -- One capture function per job, with the job's columns written in, so the
     -- trigger runs a planned statement instead of dynamic SQL on every write.
     -- Statement-level with transition tables: a bulk write costs one set-based
-    -- INSERT into the queue and one NOTIFY, never a round trip per row.
+    -- INSERT into the queue (the live lane) and one NOTIFY, never a round trip per row.
     execute format($f$
-        create function vectorize.%1$I() returns trigger
+        create or replace function vectorize.%1$I() returns trigger
         language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
         declare
             queued bigint := 0;
@@ -224,10 +202,10 @@ begin
             elsif tg_op = 'DELETE' then
                 -- Removed in the user's transaction; queued as well so that a worker
                 -- racing on the same row re-checks it and cannot leave a stale vector.
-                delete from vectorize.%5$I e using old_rows o where e.%3$I = o.%3$I;
+                delete from %5$s e using old_rows o where e.%3$I = o.%3$I;
                 insert into vectorize.queue (job_id, pk) select %2$L::uuid, o.%3$I::text from old_rows o;
             else
-                delete from vectorize.%5$I;
+                delete from %5$s;
                 delete from vectorize.queue where job_id = %2$L::uuid;
             end if;
             if queued > 0 then
@@ -237,29 +215,81 @@ begin
         exception when undefined_column or undefined_table or datatype_mismatch then
             -- A column the job embeds was dropped or renamed: the user's write must
             -- still succeed, so the job is marked failed instead of raising here.
-            update vectorize.job
-               set status = 'failed',
-                   status_message = format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm)
-             where id = %2$L::uuid and status <> 'failed';
-            delete from vectorize.queue where job_id = %2$L::uuid;
+            perform vectorize._fail_job(%2$L::uuid,
+                format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm));
             return null;
         end $body$ $f$,
         v_capture, j.id, j.primary_key, v_changed, v_emb);
 
-    execute format('create trigger %I after insert on %I.%I referencing new table as new_rows
+    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_ins', v_source);
+    execute format('create trigger %I after insert on %s referencing new table as new_rows
                     for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_ins', j.src_schema, j.src_table, v_capture);
-    execute format('create trigger %I after update on %I.%I referencing old table as old_rows new table as new_rows
+                   'vectorize_' || j.job_name || '_ins', v_source, v_capture);
+    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_upd', v_source);
+    execute format('create trigger %I after update on %s referencing old table as old_rows new table as new_rows
                     for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_upd', j.src_schema, j.src_table, v_capture);
-    execute format('create trigger %I after delete on %I.%I referencing old table as old_rows
+                   'vectorize_' || j.job_name || '_upd', v_source, v_capture);
+    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_del', v_source);
+    execute format('create trigger %I after delete on %s referencing old table as old_rows
                     for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_del', j.src_schema, j.src_table, v_capture);
-    execute format('create trigger %I after truncate on %I.%I
+                   'vectorize_' || j.job_name || '_del', v_source, v_capture);
+    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_trunc', v_source);
+    execute format('create trigger %I after truncate on %s
                     for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_trunc', j.src_schema, j.src_table, v_capture);
+                   'vectorize_' || j.job_name || '_trunc', v_source, v_capture);
+    update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
+end $$;
 
-    perform pg_notify('vectorize', j.id::text);
+-- The version of the per-job object generator: a digest of its body.
+create or replace function vectorize._objects_version() returns text
+language sql stable as $$
+    select md5(p.prosrc) from pg_catalog.pg_proc p
+     where p.pronamespace = 'vectorize'::regnamespace and p.proname = '_install_job_objects'
+$$;
+
+-- Rebuild the per-job objects of every active job built by another generator
+-- version (run by the migration runner after sql/functions/ is applied).
+create or replace function vectorize._refresh_job_objects() returns int
+language plpgsql as $$
+declare
+    j vectorize.job;
+    v_done int := 0;
+begin
+    for j in select * from vectorize.job
+              where status = 'active' and objects_version is distinct from vectorize._objects_version()
+              order by created_at loop
+        begin
+            perform vectorize._install_job_objects(j);
+            v_done := v_done + 1;
+        exception when undefined_table or undefined_column then
+            -- The source broke while nothing watched it: the job cannot run any more.
+            perform vectorize._fail_job(j.id, format('the source table changed under the job (%s); delete the job and create it again', sqlerrm));
+        end;
+    end loop;
+    return v_done;
+end $$;
+
+-- Builds a new job's objects: the embeddings table and its indexes, then the
+-- regenerable ones. O(1) in the source's size: nothing is scanned.
+create or replace function vectorize._create_job_objects() returns trigger
+language plpgsql as $$
+declare
+    v_emb text := vectorize._embeddings_table(new.job_name);
+begin
+    execute format(
+        'create table %s (
+             %I %s primary key,
+             embedding vector(%s) not null,
+             fts tsvector,
+             content_hash bytea not null,
+             source_updated_at timestamptz,
+             version bigint not null,
+             updated_at timestamptz not null default now())',
+        v_emb, new.primary_key, new.pk_type, new.dimension);
+    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)', '_embeddings_' || new.job_name || '_hnsw', v_emb);
+    execute format('create index %I on %s using gin (fts)', '_embeddings_' || new.job_name || '_fts', v_emb);
+    perform vectorize._install_job_objects(new);
+    perform pg_notify('vectorize', new.id::text);
     return null;
 end $$;
 
@@ -270,7 +300,7 @@ language plpgsql as $$
 begin
     execute format('drop view if exists vectorize.%I', old.job_name || '_view');
     execute format('drop function if exists vectorize.%I() cascade', '_capture_' || old.job_name);
-    execute format('drop table if exists vectorize.%I', '_embeddings_' || old.job_name);
+    execute format('drop table if exists %s', vectorize._embeddings_table(old.job_name));
     delete from vectorize.queue where job_id = old.id;
     delete from vectorize.failure where job_id = old.id;
     return null;

@@ -1,0 +1,93 @@
+-- Small helpers every other file uses: errors, names, counts, failing a job.
+
+-- Raise one of our SQLSTATEs, which the API maps to HTTP statuses (vectorize/errors.py):
+--   VZ400 -> 400 (bad definition)   VZ404 -> 404 (schema/table/column missing)
+--   VZ409 -> 409 (name taken by a different definition)   42501 -> 403 (no privilege)
+create or replace function vectorize._fail(code text, message text, hint text default null)
+returns void language plpgsql as $$
+begin
+    if hint is null then
+        raise exception using errcode = code, message = message;
+    end if;
+    raise exception using errcode = code, message = message, hint = hint;
+end $$;
+
+-- Names of bookkeeping columns in a job's embeddings table; the source's primary
+-- key shares that table, so it may not use one of them.
+create or replace function vectorize._reserved_columns() returns text[]
+language sql immutable as $$
+    select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at']
+$$;
+
+-- The one spelling of a job's embeddings table, quoted and schema-qualified.
+create or replace function vectorize._embeddings_table(p_job_name text) returns text
+language sql immutable as $$
+    select format('vectorize.%I', '_embeddings_' || p_job_name)
+$$;
+
+-- How many rows a table has: exact up to 1M rows, the planner's estimate above
+-- that (estimated = true), so a status query never scans a huge table.
+create or replace function vectorize._row_count(p_table regclass, out row_count bigint, out estimated boolean)
+language plpgsql stable as $$
+declare
+    v_estimate double precision;
+begin
+    select c.reltuples into v_estimate from pg_catalog.pg_class c where c.oid = p_table;
+    if v_estimate > 1000000 then
+        row_count := v_estimate::bigint;
+        estimated := true;
+    else
+        execute format('select count(*) from %s', p_table) into row_count;
+        estimated := false;
+    end if;
+end $$;
+
+-- Mark a job failed with the reason, and drop its pending work: nothing will process it.
+-- The one path for every cause (a dropped source table, a dropped embedded column, a
+-- source the worker can no longer read).
+create or replace function vectorize._fail_job(p_job_id uuid, p_message text)
+returns void language plpgsql as $$
+begin
+    update vectorize.job set status = 'failed', status_message = p_message
+     where id = p_job_id and status <> 'failed';
+    delete from vectorize.queue where job_id = p_job_id;
+end $$;
+
+-- The source table's current qualified name, found by OID so a renamed table is
+-- followed. A dropped table raises undefined_table, which fails the job.
+create or replace function vectorize._source(j vectorize.job) returns text
+language plpgsql stable as $$
+declare
+    v_name text;
+begin
+    select format('%I.%I', n.nspname, c.relname) into v_name
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where c.oid = j.src_relid;
+    if v_name is null then
+        raise exception using errcode = 'undefined_table',
+            message = format('source table %I.%I of job %s no longer exists', j.src_schema, j.src_table, j.job_name);
+    end if;
+    return v_name;
+end $$;
+
+-- The text embedded for a row, as a SQL expression over alias "s":
+-- '<column>: <value>' for each source column in order, joined by single spaces,
+-- NULL as the empty string (the pg_vectorize server's format).
+create or replace function vectorize._content_expr(j vectorize.job) returns text
+language sql stable as $$
+    select format('concat_ws(%L, %s)', ' ',
+                  string_agg(format('%L || coalesce(s.%I::text, %L)', c || ': ', c, ''), ', ' order by ord))
+      from unnest(j.src_columns) with ordinality as u(c, ord)
+$$;
+
+create or replace function vectorize._job_by_name(p_job_name text) returns vectorize.job
+language plpgsql stable as $$
+declare
+    j vectorize.job;
+begin
+    select * into j from vectorize.job where job_name = p_job_name;
+    if not found then
+        perform vectorize._fail('VZ404', format('job %s does not exist', to_json(p_job_name)));
+    end if;
+    return j;
+end $$;

@@ -1,0 +1,86 @@
+"""Helpers shared by the tests: waiting on conditions, the example job, looking at a job's tables."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def url_for(admin_url: str, database: str) -> str:
+    """The URL of another database on the same server."""
+    return psycopg.conninfo.make_conninfo(admin_url, dbname=database)
+
+
+def _poll(predicate: Callable[[], object], deadline: float, timeout: float) -> object:
+    """One look at ``predicate``: its value if truthy, None if not yet, AssertionError once past the deadline."""
+    value = predicate()
+    if value:
+        return value
+    if time.monotonic() > deadline:
+        raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+    return None
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll ``predicate`` (sync) until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (value := _poll(predicate, deadline, timeout)) is None:
+        await asyncio.sleep(interval)
+    return value
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
+    """``wait_until`` for synchronous tests (subprocess and CLI tests)."""
+    deadline = time.monotonic() + timeout
+    while (value := _poll(predicate, deadline, timeout)) is None:
+        time.sleep(interval)
+    return value
+
+
+MY_JOB = {
+    "job_name": "my_job",
+    "src_table": "my_products",
+    "src_schema": "public",
+    "src_columns": ["product_name", "description"],
+    "primary_key": "product_id",
+    "update_time_col": "updated_at",
+    "model": DEFAULT_MODEL,
+}
+MODEL = DEFAULT_MODEL
+
+
+def create_job(conn: psycopg.Connection, **overrides: object) -> str:
+    job = {**MY_JOB, **overrides}
+    row = conn.execute(
+        "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
+        " values (%(job_name)s, %(src_table)s, %(src_schema)s, %(src_columns)s, %(primary_key)s, %(update_time_col)s, %(model)s)"
+        " returning id",
+        job,
+    ).fetchone()
+    return str(row["id"] if isinstance(row, dict) else row[0])
+
+
+def embedding_count(conn: psycopg.Connection, job: str = "my_job") -> int:
+    return conn.execute(f'select count(*) as n from vectorize."_embeddings_{job}"').fetchone()["n"]
+
+
+def stored_vector(conn: psycopg.Connection, pk: object, job: str = "my_job", key: str = "product_id") -> np.ndarray | None:
+    row = conn.execute(f'select embedding from vectorize."_embeddings_{job}" where "{key}" = %s', (pk,)).fetchone()
+    return None if row is None else row["embedding"].to_numpy().astype(np.float32)
+
+
+def queue_depth(conn: psycopg.Connection) -> int:
+    return conn.execute("select count(*) as n from vectorize.queue").fetchone()["n"]
+
+
+def vector_of(catalog: ModelCatalog, text: str) -> np.ndarray:
+    return catalog.get(MODEL).embed([text])[0]

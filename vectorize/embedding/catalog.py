@@ -1,0 +1,104 @@
+"""The model catalogue: every model this process can run, by name, and one loaded
+embedder per model (ONNX sessions are large and slow to create).
+
+Local models come from the manifests in ``models/``; remote ones are the configured
+``openai/<model>`` names, whose dimension is learned by asking their server once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import EmbedderUnavailable
+from .registry import ModelManifest, load_encoder, load_manifests
+from .remote import DEFAULT_BASE_URL, PREFIX, OpenAIEmbedder, RemoteEmbeddingError
+
+log = logging.getLogger(__name__)
+
+#: The model a new job gets when it names none, and the one loaded before serving.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    def embed(self, texts: list[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the database's ``vectorize.model`` table records about a model."""
+
+    name: str
+    dimension: int
+    max_tokens: int | None
+    provider: str
+    precision: str
+
+
+class ModelCatalog:
+    def __init__(
+        self,
+        models_dir: Path,
+        threads: int | None = None,
+        *,
+        openai_models: tuple[str, ...] = (),
+        openai_base_url: str = DEFAULT_BASE_URL,
+        openai_api_key: str | None = None,
+    ) -> None:
+        self.models_dir = models_dir
+        self.threads = threads
+        self.manifests: dict[str, ModelManifest] = load_manifests(models_dir)
+        self._embedders: dict[str, Embedder] = {}
+        self.remote: dict[str, OpenAIEmbedder] = {}
+        for model in openai_models:
+            name = model if model.startswith(PREFIX) else PREFIX + model
+            self.remote[name] = OpenAIEmbedder(name, api_key=openai_api_key, base_url=openai_base_url)
+            self._embedders[name] = self.remote[name]
+        self._lock = threading.Lock()
+
+    def local_models(self) -> list[ModelInfo]:
+        return [ModelInfo(m.name, m.dimension, m.max_tokens, "onnx", m.precision) for m in self.manifests.values()]
+
+    def probe_remote(self, name: str) -> ModelInfo:
+        """Ask a remote model's server for its dimension; raises EmbedderUnavailable while it is down."""
+        embedder = self.remote[name]
+        try:
+            dimension = embedder.dimension or embedder.embed(["dimension probe"]).shape[1]
+        except RemoteEmbeddingError as exc:
+            raise EmbedderUnavailable(str(exc)) from None
+        return ModelInfo(name, dimension, None, "openai", "remote")
+
+    def available(self) -> tuple[list[ModelInfo], dict[str, str]]:
+        """Every model this process can run now, and the remote ones whose server did not
+        answer (name -> why), which the service keeps asking for in the background."""
+        models = self.local_models()
+        unavailable: dict[str, str] = {}
+        for name in self.remote:
+            try:
+                models.append(self.probe_remote(name))
+            except EmbedderUnavailable as exc:
+                log.warning("event=remote_model_unavailable model=%s error=%r", name, str(exc))
+                unavailable[name] = str(exc)
+        return models, unavailable
+
+    def get(self, model: str) -> Embedder:
+        """The model's embedder, loaded on first use; EmbedderUnavailable if it cannot be."""
+        with self._lock:
+            embedder = self._embedders.get(model)
+            if embedder is None:
+                manifest = self.manifests.get(model)
+                if manifest is None:
+                    raise EmbedderUnavailable(
+                        f"model {model!r} has no manifest in {self.models_dir} and is not a configured remote model"
+                    )
+                log.info("event=model_loading model=%s", model)
+                try:
+                    embedder = load_encoder(manifest, self.models_dir, self.threads)
+                except Exception as exc:  # missing weights, bad checksum, a graph onnxruntime rejects
+                    raise EmbedderUnavailable(f"model {model!r} cannot be loaded: {exc}") from exc
+                self._embedders[model] = embedder
+            return embedder

@@ -1,0 +1,174 @@
+"""The worker's only face onto the database: one method per intention, each a named
+query of sql/queries.sql. The worker's loop reads as the story of a batch; the SQL
+lives behind these names (procrastinate's JobManager shape)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .queries import query
+from .scheduler import Lane
+
+
+@dataclass
+class JobWork:
+    """An active job and what its lanes could do at the time of asking."""
+
+    id: Any
+    job_name: str
+    model: str
+    dimension: int
+    scan_active: bool
+    pause_count: int
+    #: Seconds until the job's embedder pause ends; 0 when it is not paused.
+    paused_for: float
+    live_ready: bool
+    backfill_ready: bool
+
+    def has_work(self, lane: Lane) -> bool:
+        if lane is Lane.LIVE:
+            return self.live_ready
+        return self.backfill_ready or self.scan_active
+
+
+@dataclass
+class Claimed:
+    """The claimed queue items of one source row."""
+
+    pk: str
+    version: int
+    ids: list[int]
+
+
+@dataclass
+class SourceRow:
+    pk: str
+    content: str
+    source_updated_at: datetime | None
+    stored_hash: bytes | None
+
+
+@dataclass
+class Embedded:
+    """What a batch writes for one source row; ``vector`` is None when its text is unchanged."""
+
+    pk: str
+    vector: np.ndarray | None
+    content: str
+    content_hash: bytes
+    source_updated_at: datetime | None
+    version: int
+
+
+#: Values of vectorize.scan_step besides the rows a page looked at.
+SCAN_NONE = -1  # the job has no scan to run
+SCAN_BUSY = -2  # another worker is advancing it right now
+
+
+class BatchTransaction:
+    """One batch's transaction: claim, read, write, finish; committed together or not at all."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+
+    async def claim(self, job_id: Any, lane: Lane, limit: int) -> list[Claimed]:
+        cur = await self.conn.execute(query("claim_batch"), {"job_id": job_id, "lane": lane.value, "limit": limit})
+        return [Claimed(**row) for row in await cur.fetchall()]
+
+    async def claim_ids(self, ids: list[int]) -> list[Claimed]:
+        cur = await self.conn.execute(query("claim_ids"), {"ids": ids})
+        return [Claimed(**row) for row in await cur.fetchall()]
+
+    async def read_rows(self, job_id: Any, pks: list[str]) -> list[SourceRow]:
+        cur = await self.conn.execute(query("read_rows"), {"job_id": job_id, "pks": pks})
+        return [SourceRow(**row) for row in await cur.fetchall()]
+
+    async def write(self, job_id: Any, rows: Sequence[Embedded], gone: list[str]) -> None:
+        """Binary COPY into a staging table, then one set-based, newest-wins upsert."""
+        await self.conn.execute(query("create_staging"))
+        async with self.conn.cursor().copy(query("copy_staging")) as copy:
+            copy.set_types(["text", "vector", "text", "bytea", "timestamptz", "int8"])
+            for r in rows:
+                content = r.content if r.vector is not None else None
+                await copy.write_row((r.pk, r.vector, content, r.content_hash, r.source_updated_at, r.version))
+        await self.conn.execute(query("apply_batch"), {"job_id": job_id, "gone": gone})
+
+    async def finish(self, ids: list[int]) -> list[tuple[str, float]]:
+        """Remove the done items; returns (lane, seconds since queued) for each."""
+        cur = await self.conn.execute(query("finish_items"), {"ids": ids})
+        return [(row["lane"], row["lag_seconds"]) for row in await cur.fetchall()]
+
+
+class JobManager:
+    def __init__(self, pool: AsyncConnectionPool, database_url: str) -> None:
+        self.pool = pool
+        self.database_url = database_url
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[BatchTransaction]:
+        """A transaction for one batch; ``raise psycopg.Rollback`` inside rolls it back quietly."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield BatchTransaction(conn)
+
+    async def _execute(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query(name), params)
+            return await cur.fetchall() if cur.description else []
+
+    async def restart_scans(self) -> None:
+        await self._execute("restart_scans")
+
+    async def fail_orphaned_jobs(self) -> list[str]:
+        """Fail the jobs whose source table was dropped; returns their names."""
+        return [row["job_name"] for row in await self._execute("fail_orphaned_jobs")]
+
+    async def jobs_with_work(self) -> list[JobWork]:
+        return [JobWork(**row) for row in await self._execute("jobs_with_work")]
+
+    async def scan_step(self, job_id: Any, page: int) -> int:
+        """Queue the next page of the job's backfill scan; rows looked at, SCAN_NONE or SCAN_BUSY."""
+        rows = await self._execute("scan_step", {"job_id": job_id, "page": page})
+        return rows[0]["seen"] if rows else SCAN_NONE
+
+    async def fail_job(self, job_id: Any, message: str) -> None:
+        await self._execute("fail_job", {"job_id": job_id, "message": message})
+
+    async def pause_job(self, job_id: Any, seconds: float, reason: str) -> None:
+        await self._execute("pause_job", {"job_id": job_id, "seconds": seconds, "reason": reason[:1000]})
+
+    async def resume_job(self, job_id: Any) -> None:
+        await self._execute("resume_job", {"job_id": job_id})
+
+    async def charge_failed_try(
+        self, job_id: Any, item: Claimed, error: str, retry_delay: Callable[[int], float | None]
+    ) -> tuple[int, bool]:
+        """Count one failed try of a row, in one transaction: ``retry_delay(attempts)`` says when
+        to try again, or None to park the row in vectorize.failure with its error (its items
+        leave the queue). Returns (attempts, parked)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(query("count_attempt"), {"ids": item.ids})
+            attempts = max((row["attempts"] for row in await cur.fetchall()), default=0)
+            delay = retry_delay(attempts)
+            if delay is not None:
+                await conn.execute(query("schedule_retry"), {"ids": item.ids, "delay": delay})
+                return attempts, False
+            await conn.execute(query("park_failure"), {"job_id": job_id, "pk": item.pk, "attempts": attempts, "error": error})
+            await conn.execute(query("finish_items"), {"ids": item.ids})
+            return attempts, True
+
+    async def notifications(self) -> AsyncIterator[None]:
+        """Yield once after (re)connecting, then once per NOTIFY on the vectorize channel."""
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        async with conn:
+            await conn.execute(query("listen"))
+            yield None
+            async for _ in conn.notifies():
+                yield None
