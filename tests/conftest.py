@@ -29,6 +29,7 @@ from vectorize.api import HTTP_PARSER_LIMITS, create_app
 from vectorize.config import Settings
 from vectorize.db import make_pool, migrate, publish_models
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR, SQL_DIR
 from vectorize.worker import Worker
 
@@ -44,13 +45,11 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
-    import embedded_postgres
-
     # Not under pytest's tmp dir: pytest resets that to mode 0700 when another session starts,
     # which would lock out the unprivileged user the server runs as when tests run as root.
     parent = Path(tempfile.mkdtemp(prefix="vectorize-test-pg-"))
     parent.chmod(0o755)
-    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
+    server = embedded_postgres().get_server(parent / "data", cleanup_mode="delete")
     url = server.get_uri()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("alter system set max_connections = 200")
@@ -113,7 +112,11 @@ class RunningWorker:
         self.stop = stop
 
     async def shutdown(self) -> None:
+        """As the service does it: finish the batches in flight, or abort them after a grace period."""
         self.stop.set()
+        done, _ = await asyncio.wait({self.task}, timeout=6)
+        if not done:
+            self.worker.abort.set()
         await asyncio.wait_for(self.task, 15)
 
 
@@ -122,9 +125,9 @@ async def start_worker(settings: Settings, encoders: ModelCatalog) -> AsyncItera
     """Start in-process workers on the test's database; each is stopped afterwards."""
     running: list[RunningWorker] = []
 
-    def start(**overrides: object) -> RunningWorker:
+    def start(catalog: ModelCatalog | None = None, **overrides: object) -> RunningWorker:
         stop = asyncio.Event()
-        worker = Worker(replace(settings, **overrides), encoders)
+        worker = Worker(replace(settings, **overrides), catalog or encoders)
         task = asyncio.create_task(worker.run(stop))
         handle = RunningWorker(worker, task, stop)
         running.append(handle)

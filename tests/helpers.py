@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 
 FIXTURES = Path(__file__).parent / "fixtures"
+#: 5000 real Debian package descriptions (the benchmark's corpus), for tables with some bulk.
+DESCRIPTIONS = Path(__file__).parent.parent / "bench" / "data" / "debian_descriptions_5000.jsonl.gz"
+
+
+def load_descriptions(conn: psycopg.Connection, table: str, rows: int) -> None:
+    """A table ``(id, description, updated_at)`` holding the first ``rows`` descriptions."""
+    conn.execute(
+        sql.SQL("create table {} (id int primary key, description text, updated_at timestamptz not null default now())").format(
+            sql.Identifier(table)
+        )
+    )
+    with (
+        gzip.open(DESCRIPTIONS, "rt", encoding="utf-8") as handle,
+        conn.cursor().copy(sql.SQL("copy {} (id, description) from stdin").format(sql.Identifier(table))) as copy,
+    ):
+        for number, line in enumerate(handle, start=1):
+            if number > rows:
+                break
+            item = json.loads(line)
+            copy.write_row((number, f"{item['package']}: {item['short_description']}. {item['long_description']}"))
 
 
 def url_for(admin_url: str, database: str) -> str:

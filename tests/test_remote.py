@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import replace
 
 import numpy as np
 import psycopg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from vectorize.db import publish_models
 from vectorize.embedding.catalog import ModelCatalog
@@ -18,61 +15,14 @@ from vectorize.embedding.remote import OpenAIEmbedder, RemoteEmbeddingError
 from vectorize.paths import MODELS_DIR
 from vectorize.worker import Worker
 
+from .fake_openai import DIM, KEY, fake_vector, serve_fake_openai
 from .helpers import create_job, embedding_count, queue_depth, wait_until
-
-DIM = 8
-KEY = "sk-test"
-
-
-def fake_vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [b - 128.0 for b in digest[:DIM]]
-
-
-class FakeOpenAI:
-    """Answers POST /v1/embeddings like OpenAI; ``script`` holds statuses to answer first."""
-
-    def __init__(self) -> None:
-        self.script: list[int] = []
-        self.requests: list[dict] = []
-
-    async def embeddings(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {KEY}":
-            return web.json_response(
-                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}},
-                status=401,
-            )
-        body = await request.json()
-        self.requests.append(body)
-        if self.script:
-            status = self.script.pop(0)
-            kinds = {
-                429: ("Rate limit reached", "rate_limit_exceeded"),
-                500: ("The server had an error", "server_error"),
-                400: ("'input' is invalid", "invalid_request_error"),
-            }
-            message, code = kinds[status]
-            return web.json_response(
-                {"error": {"message": message, "type": code, "param": None, "code": code}},
-                status=status,
-                headers={"Retry-After": "0"} if status == 429 else {},
-            )
-        data = [{"object": "embedding", "index": i, "embedding": fake_vector(t)} for i, t in enumerate(body["input"])]
-        data.reverse()  # the protocol orders by "index", not by position
-        return web.json_response(
-            {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}
-        )
 
 
 @pytest.fixture
 async def fake_openai():
-    fake = FakeOpenAI()
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", fake.embeddings)
-    server = TestServer(app)
-    await server.start_server()
-    yield fake, str(server.make_url("/v1"))
-    await server.close()
+    async with serve_fake_openai() as (fake, url):
+        yield fake, url
 
 
 def embedder(base_url: str, **kwargs) -> OpenAIEmbedder:

@@ -63,6 +63,9 @@ class Worker:
         self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=2 * PIPELINE_DEPTH + 2, name="worker")
         self.manager = JobManager(self.pool, settings.database_url or "")
         self._wakes = {lane: asyncio.Event() for lane in Lane}
+        #: Jobs whose embedder was down: after a pause, one batch (in either lane) probes it
+        #: before others follow, so a dead server sees one request per pause, not one per slot.
+        self._probing: set[object] = set()
         #: Set by the service when a graceful shutdown runs out of time: the batch in
         #: flight stops between inference calls and its transaction rolls back.
         self.abort = threading.Event()
@@ -157,11 +160,18 @@ class Worker:
                     wake.clear()
                     sitting_out.clear()
                 jobs = await self.manager.jobs_with_work()
-                ready = [j for j in jobs if j.has_work(lane) and not j.paused_for and j.id not in sitting_out]
+                ready = [
+                    j
+                    for j in jobs
+                    if j.has_work(lane) and not j.paused_for and j.id not in sitting_out and j.id not in self._probing
+                ]
                 busy = Counter(job_id for job_id, _ in in_flight.values())
                 while len(in_flight) < PIPELINE_DEPTH and (job := rotation.pick(ready, busy)) is not None:
                     busy[job.id] += 1
                     in_flight[asyncio.create_task(self._turn(job, lane))] = (job.id, epochs[job.id])
+                    if job.pause_count:
+                        self._probing.add(job.id)
+                        ready = [j for j in ready if j.id != job.id]
                 if not in_flight:
                     if until_idle:
                         return handled
@@ -190,6 +200,12 @@ class Worker:
     async def _turn(self, job: JobWork, lane: Lane) -> int:
         """One turn of a job in a lane: a batch, or, when a backfill has nothing queued, the next
         page of its scan. Returns the progress made (0: nothing to do for now)."""
+        try:
+            return await self._take_turn(job, lane)
+        finally:
+            self._probing.discard(job.id)
+
+    async def _take_turn(self, job: JobWork, lane: Lane) -> int:
         try:
             if lane is Lane.LIVE:
                 return await self.process_batch(job, lane, self.settings.batch_size)

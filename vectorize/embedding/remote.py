@@ -39,6 +39,9 @@ class RemoteEmbeddingError(RuntimeError):
 class RemoteUnavailable(RemoteEmbeddingError, EmbedderUnavailable):
     """The server is down, overloaded, unreachable or refuses our configuration."""
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        EmbedderUnavailable.__init__(self, message, retry_after=retry_after)
+
 
 class OpenAIEmbedder:
     def __init__(
