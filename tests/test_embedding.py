@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from vectorize.embedding.catalog import DEFAULT_MODEL as MODEL
 from vectorize.embedding.catalog import ModelCatalog
-from vectorize.embedding.encoder import plan_batches
 
 from .helpers import FIXTURES
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _reference() -> list[dict]:
@@ -39,18 +37,6 @@ def test_embeddings_do_not_depend_on_batch_company(encoders: ModelCatalog) -> No
     together = encoder.embed(["camping gear", long_text])[0]
     assert float(alone @ together) >= 0.99999
     assert np.isclose(np.linalg.norm(alone), 1.0, atol=1e-5)
-
-
-def test_batches_respect_the_token_budget() -> None:
-    lengths = [5, 200, 7, 120, 9, 256, 30]
-    batches = plan_batches(lengths, token_budget=300, max_rows=4)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= 4
-        assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 300
-    # Shortest first: each batch's rows are no longer than the next batch's.
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(flat)
 
 
 def test_empty_input_gives_empty_matrix(encoders: ModelCatalog) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
+from dataclasses import replace
 
+import aiohttp
 import numpy as np
 import psycopg
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from vectorize.db import publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.paths import MODELS_DIR
+from vectorize.service import model_catalog, prepare_database, serve
 from vectorize.worker import content_hash
 
 from .fake_openai import KEY, serve_fake_openai
@@ -218,6 +222,7 @@ async def test_read_your_writes_search_sees_every_update(conn, products, start_w
 
 async def test_wait_for_sync_says_when_it_ran_out(conn, products, api) -> None:
     create_job(conn)  # no worker: nothing gets embedded
+    conn.execute("update my_products set description = 'never embedded' where product_id = 1")
     response = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "x", "wait_for_sync": "0.2"})
     assert response.status == 200 and response.headers["X-Vectorize-Fresh"] == "false"
     bad = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "x", "wait_for_sync": "forever"})
@@ -252,3 +257,54 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
     conn.execute("update my_products set description = 'heard again' where product_id = 3")
     await wait_until(lambda: queue_depth(conn) == 0, timeout=5)
     assert time.monotonic() - started < 2  # woken by NOTIFY, not by the hour-long poll
+
+
+async def test_a_remote_model_down_at_start_up_is_published_once_it_answers(conn, products, settings, encoders) -> None:
+    conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
+    conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 30) g")
+    body = {**MY_JOB, "job_name": "notes", "src_table": "notes", "src_columns": ["body"], "primary_key": "id"}
+    async with serve_fake_openai() as (fake, url):
+        fake.down = True
+        port = free_port()
+        config = replace(
+            settings, openai_models="fake-embed", openai_base_url=url, openai_api_key=KEY, openai_max_retries=0, port=port
+        )
+        catalog = model_catalog(config)
+        catalog._embedders[MY_JOB["model"]] = encoders.get(MY_JOB["model"])  # share the loaded ONNX model
+        config, unavailable = await asyncio.to_thread(prepare_database, config, catalog)
+        assert list(unavailable) == ["openai/fake-embed"]
+        stop = asyncio.Event()
+        service = asyncio.create_task(
+            serve(config, catalog, api=True, worker=True, stop=stop, unavailable_models=tuple(unavailable))
+        )
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+
+                async def create() -> aiohttp.ClientResponse:
+                    async with http.post("/api/v1/table", json={**body, "model": "openai/fake-embed"}) as response:
+                        await response.read()
+                        return response
+
+                await wait_until(lambda: service.done() or port_open(port), timeout=30)
+                refused = await create()
+                assert refused.status == 400
+                fake.down = False
+                deadline = time.monotonic() + 15
+                while (await create()).status != 200:
+                    assert time.monotonic() < deadline, "the model was never published"
+                    await asyncio.sleep(0.2)
+            await wait_until(lambda: embedding_count(conn, "notes") == 30, timeout=30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(service, 15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

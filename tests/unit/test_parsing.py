@@ -1,0 +1,50 @@
+"""Request parsing at the HTTP boundary: limits, ranking options, wait_for_sync, job bodies."""
+
+from __future__ import annotations
+
+import pytest
+
+from vectorize.errors import UserError
+from vectorize.jobs import parse_job_definition
+from vectorize.search import parse_limit, parse_ranking, parse_wait_for_sync
+
+
+def test_limit() -> None:
+    assert parse_limit(None) == 10 and parse_limit("25") == 25
+    for bad in ("0", "1001", "x", True, 2.5j):
+        with pytest.raises(UserError, match="limit must be an integer from 1 to 1000"):
+            parse_limit(bad)
+
+
+def test_ranking_options_default_and_validate() -> None:
+    params = {"semantic_wt": "2", "other": "kept"}
+    assert parse_ranking(params) == {"semantic_wt": 2.0, "fts_wt": 1.0, "rrf_k": 60.0}
+    assert params == {"other": "kept"}  # the rest are filters
+    with pytest.raises(UserError, match="fts_wt must be a non-negative number"):
+        parse_ranking({"fts_wt": "-1"})
+
+
+def test_wait_for_sync() -> None:
+    assert parse_wait_for_sync(None) is None and parse_wait_for_sync("2.5") == 2.5 and parse_wait_for_sync(0) == 0
+    for bad in ("-1", "61", "soon", True):
+        with pytest.raises(UserError, match="wait_for_sync must be a number of seconds from 0 to 60"):
+            parse_wait_for_sync(bad)
+
+
+def test_job_definition_shape() -> None:
+    body = {
+        "job_name": "j",
+        "src_table": "t",
+        "src_schema": "public",
+        "src_columns": ["a"],
+        "primary_key": "id",
+        "update_time_col": "u",
+        "model": "m",
+    }
+    assert parse_job_definition(body) == body
+    with pytest.raises(UserError, match="unknown field 'extra'"):
+        parse_job_definition({**body, "extra": 1})
+    with pytest.raises(UserError, match="src_columns must be an array of strings"):
+        parse_job_definition({**body, "src_columns": [1]})
+    with pytest.raises(UserError, match="NUL"):
+        parse_job_definition({**body, "job_name": "a\x00b"})
