@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from vectorize.console import DEMO_JOB
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -69,15 +70,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     return value
 
 
-MY_JOB = {
-    "job_name": "my_job",
-    "src_table": "my_products",
-    "src_schema": "public",
-    "src_columns": ["product_name", "description"],
-    "primary_key": "product_id",
-    "update_time_col": "updated_at",
-    "model": DEFAULT_MODEL,
-}
+#: The example job (pg_vectorize's my_products, as `vectorize demo` creates it).
+MY_JOB = dict(DEMO_JOB)
 MODEL = DEFAULT_MODEL
 
 

@@ -1,4 +1,4 @@
-"""The HTTP contract of ../shared/api/create-table.md, against the real database and model."""
+"""The HTTP contract of POST /api/v1/table (pg_vectorize's, see the README), against the real database and model."""
 
 from __future__ import annotations
 

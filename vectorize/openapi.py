@@ -60,6 +60,17 @@ _FRESH = {
     }
 }
 
+
+def _search_responses(*statuses: int) -> dict[str, Any]:
+    results = _json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first")
+    return {"200": {**results, "headers": _FRESH}, **_errors(*statuses)}
+
+
+def _health_responses(good: str, bad: str) -> dict[str, Any]:
+    health = {"$ref": "#/components/schemas/Health"}
+    return {"200": _json(health, good), "503": _json(health, bad), "401": _errors()["401"]}
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -207,13 +218,7 @@ SPEC: dict[str, Any] = {
             "get": {
                 "summary": "Nearest rows to a query (hybrid vector + full-text ranking)",
                 "parameters": _SEARCH_PARAMS,
-                "responses": {
-                    "200": {
-                        **_json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
-                        "headers": _FRESH,
-                    },
-                    **_errors(400, 403, 404),
-                },
+                "responses": _search_responses(400, 403, 404),
             },
             "post": {
                 "summary": "The same search with a JSON body and a filters object",
@@ -221,23 +226,13 @@ SPEC: dict[str, Any] = {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
                 },
-                "responses": {
-                    "200": {
-                        **_json({"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}, "best first"),
-                        "headers": _FRESH,
-                    },
-                    **_errors(400, 403, 404, 413),
-                },
+                "responses": _search_responses(400, 403, 404, 413),
             },
         },
         "/health": {
             "get": {
                 "summary": "Overall health",
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Health"}, "healthy"),
-                    "503": _json({"$ref": "#/components/schemas/Health"}, "database unreachable"),
-                    "401": _errors()["401"],
-                },
+                "responses": _health_responses("healthy", "database unreachable"),
             }
         },
         "/health/live": {
@@ -250,11 +245,7 @@ SPEC: dict[str, Any] = {
         "/health/ready": {
             "get": {
                 "summary": "Database reachable and model loaded",
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Health"}, "ready"),
-                    "503": _json({"$ref": "#/components/schemas/Health"}, "not ready"),
-                    "401": _errors()["401"],
-                },
+                "responses": _health_responses("ready", "not ready"),
             }
         },
         "/metrics": {

@@ -154,6 +154,7 @@ declare
     v_capture text := '_capture_' || j.job_name;
     v_source  text := vectorize._source(j);
     v_changed text;
+    v_trigger record;
 begin
     -- Only the key and the embedded columns: a view depends on every column it names,
     -- and naming all of them (s.*) would block DROP COLUMN of unrelated columns.
@@ -221,22 +222,17 @@ begin
         end $body$ $f$,
         v_capture, j.id, j.primary_key, v_changed, v_emb);
 
-    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_ins', v_source);
-    execute format('create trigger %I after insert on %s referencing new table as new_rows
-                    for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_ins', v_source, v_capture);
-    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_upd', v_source);
-    execute format('create trigger %I after update on %s referencing old table as old_rows new table as new_rows
-                    for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_upd', v_source, v_capture);
-    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_del', v_source);
-    execute format('create trigger %I after delete on %s referencing old table as old_rows
-                    for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_del', v_source, v_capture);
-    execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || '_trunc', v_source);
-    execute format('create trigger %I after truncate on %s
-                    for each statement execute function vectorize.%I()',
-                   'vectorize_' || j.job_name || '_trunc', v_source, v_capture);
+    -- One trigger per event, each with the transition tables it needs.
+    for v_trigger in select * from (values
+        ('_ins', 'after insert on %s referencing new table as new_rows'),
+        ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
+        ('_del', 'after delete on %s referencing old table as old_rows'),
+        ('_trunc', 'after truncate on %s')) as v(suffix, event)
+    loop
+        execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || v_trigger.suffix, v_source);
+        execute format('create trigger %I ' || format(v_trigger.event, v_source) || ' for each statement execute function vectorize.%I()',
+                       'vectorize_' || j.job_name || v_trigger.suffix, v_capture);
+    end loop;
     update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
 end $$;
 
@@ -306,18 +302,22 @@ begin
     return null;
 end $$;
 
-drop trigger if exists validate_job on vectorize.job;
-create trigger validate_job before insert on vectorize.job
-    for each row execute function vectorize._validate_job();
-drop trigger if exists guard_job_update on vectorize.job;
-create trigger guard_job_update before update on vectorize.job
-    for each row execute function vectorize._guard_job_update();
-drop trigger if exists create_job_objects on vectorize.job;
-create trigger create_job_objects after insert on vectorize.job
-    for each row execute function vectorize._create_job_objects();
-drop trigger if exists drop_job_objects on vectorize.job;
-create trigger drop_job_objects after delete on vectorize.job
-    for each row execute function vectorize._drop_job_objects();
+-- The triggers on vectorize.job that make a plain INSERT/UPDATE/DELETE from psql behave like the API.
+do $$
+declare
+    t record;
+begin
+    for t in select * from (values
+        ('validate_job', 'before insert', '_validate_job'),
+        ('guard_job_update', 'before update', '_guard_job_update'),
+        ('create_job_objects', 'after insert', '_create_job_objects'),
+        ('drop_job_objects', 'after delete', '_drop_job_objects')) as v(name, timing, fn)
+    loop
+        execute format('drop trigger if exists %I on vectorize.job', t.name);
+        execute format('create trigger %I %s on vectorize.job for each row execute function vectorize.%I()',
+                       t.name, t.timing, t.fn);
+    end loop;
+end $$;
 
 -- The API's entry point: insert through the same trigger and return the id,
 -- also when an identical job already existed (the trigger skipped the insert).
