@@ -60,13 +60,13 @@ def pg_admin_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def template_url(pg_admin_url: str, encoders: ModelCatalog) -> str:
+def template_url(pg_admin_url: str, catalog: ModelCatalog) -> str:
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
     url = url_for(pg_admin_url, TEMPLATE)
     migrate(url)
     with psycopg.connect(url) as conn:
-        publish_models(conn, encoders.local_models())
+        publish_models(conn, catalog.local_models())
     return url
 
 
@@ -82,10 +82,10 @@ def db_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def encoders() -> ModelCatalog:
-    catalog = ModelCatalog(MODELS_DIR)
-    catalog.get(DEFAULT_MODEL)
-    return catalog
+def catalog() -> ModelCatalog:
+    models = ModelCatalog(MODELS_DIR)
+    models.get(DEFAULT_MODEL)
+    return models
 
 
 @pytest.fixture
@@ -121,13 +121,13 @@ class RunningWorker:
 
 
 @pytest_asyncio.fixture
-async def start_worker(settings: Settings, encoders: ModelCatalog) -> AsyncIterator[Callable[..., RunningWorker]]:
+async def start_worker(settings: Settings, catalog: ModelCatalog) -> AsyncIterator[Callable[..., RunningWorker]]:
     """Start in-process workers on the test's database; each is stopped afterwards."""
     running: list[RunningWorker] = []
 
-    def start(catalog: ModelCatalog | None = None, **overrides: object) -> RunningWorker:
+    def start(with_catalog: ModelCatalog | None = None, **overrides: object) -> RunningWorker:
         stop = asyncio.Event()
-        worker = Worker(replace(settings, **overrides), catalog or encoders)
+        worker = Worker(replace(settings, **overrides), with_catalog or catalog)
         task = asyncio.create_task(worker.run(stop))
         handle = RunningWorker(worker, task, stop)
         running.append(handle)
@@ -142,10 +142,10 @@ async def start_worker(settings: Settings, encoders: ModelCatalog) -> AsyncItera
 
 
 @pytest_asyncio.fixture
-async def api(settings: Settings, encoders: ModelCatalog) -> AsyncIterator[TestClient]:
+async def api(settings: Settings, catalog: ModelCatalog) -> AsyncIterator[TestClient]:
     pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
     await pool.open()
-    client = TestClient(TestServer(create_app(settings, pool, encoders)))
+    client = TestClient(TestServer(create_app(settings, pool, catalog)))
     await client.start_server()
     yield client
     await client.close()
@@ -153,7 +153,7 @@ async def api(settings: Settings, encoders: ModelCatalog) -> AsyncIterator[TestC
 
 
 @pytest.fixture(scope="session")
-def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
+def live_api(pg_admin_url: str, template_url: str, catalog) -> Iterator[str]:
     """The real app on a real port, over a database with the example job backfilled."""
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute("drop database if exists openapi_test with (force)")
@@ -169,7 +169,7 @@ def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
     app_settings = replace(Settings(), database_url=url)
 
     async def backfill() -> None:
-        worker = Worker(app_settings, encoders)
+        worker = Worker(app_settings, catalog)
         await worker.pool.open()
         await worker.drain()
         await worker.pool.close()
@@ -186,7 +186,7 @@ def live_api(pg_admin_url: str, template_url: str, encoders) -> Iterator[str]:
         asyncio.set_event_loop(loop)
         pool = make_pool(url, max_size=4)
         loop.run_until_complete(pool.open())
-        runner = web.AppRunner(create_app(app_settings, pool, encoders), **HTTP_PARSER_LIMITS)
+        runner = web.AppRunner(create_app(app_settings, pool, catalog), **HTTP_PARSER_LIMITS)
         loop.run_until_complete(runner.setup())
         loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
         state.update(pool=pool, runner=runner)

@@ -17,9 +17,9 @@ def _reference() -> list[dict]:
     return json.loads((FIXTURES / "minilm_reference.json").read_text())["items"]
 
 
-def test_every_reference_embedding_matches(encoders: ModelCatalog) -> None:
+def test_every_reference_embedding_matches(catalog: ModelCatalog) -> None:
     items = _reference()
-    got = encoders.get(MODEL).embed([item["text"] for item in items])
+    got = catalog.get(MODEL).embed([item["text"] for item in items])
     want = np.array([item["embedding"] for item in items], dtype=np.float32)
     cosine = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
     worst = int(np.argmin(cosine))
@@ -29,9 +29,9 @@ def test_every_reference_embedding_matches(encoders: ModelCatalog) -> None:
     assert any(item["token_count"] > 256 for item in items)
 
 
-def test_embeddings_do_not_depend_on_batch_company(encoders: ModelCatalog) -> None:
+def test_embeddings_do_not_depend_on_batch_company(catalog: ModelCatalog) -> None:
     """Padding must be masked out: a text embeds the same alone and beside a long one."""
-    encoder = encoders.get(MODEL)
+    encoder = catalog.get(MODEL)
     long_text = _reference()[-1]["text"]
     alone = encoder.embed(["camping gear"])[0]
     together = encoder.embed(["camping gear", long_text])[0]
@@ -39,20 +39,20 @@ def test_embeddings_do_not_depend_on_batch_company(encoders: ModelCatalog) -> No
     assert np.isclose(np.linalg.norm(alone), 1.0, atol=1e-5)
 
 
-def test_empty_input_gives_empty_matrix(encoders: ModelCatalog) -> None:
-    assert encoders.get(MODEL).embed([]).shape == (0, 384)
+def test_empty_input_gives_empty_matrix(catalog: ModelCatalog) -> None:
+    assert catalog.get(MODEL).embed([]).shape == (0, 384)
 
 
 @pytest.mark.parametrize("text", ["x" * 1_000_000, "🚲" * 5000])
-def test_huge_texts_are_truncated(encoders: ModelCatalog, text: str) -> None:
-    vector = encoders.get(MODEL).embed([text])[0]
+def test_huge_texts_are_truncated(catalog: ModelCatalog, text: str) -> None:
+    vector = catalog.get(MODEL).embed([text])[0]
     assert np.isfinite(vector).all() and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
 
 
-def test_int8_model_stays_close_to_the_reference(encoders: ModelCatalog) -> None:
+def test_int8_model_stays_close_to_the_reference(catalog: ModelCatalog) -> None:
     """The opt-in int8 model: quantised MatMuls, sensitive layers kept fp32 (see its manifest)."""
     items = _reference()
-    got = encoders.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed([item["text"] for item in items])
+    got = catalog.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed([item["text"] for item in items])
     want = np.array([item["embedding"] for item in items], dtype=np.float32)
     cosine = (got * want).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.995, (cosine.min(), cosine.mean())
@@ -113,7 +113,7 @@ def test_a_changed_manifest_is_exported_again(tmp_path) -> None:
     assert is_exported(changed, tmp_path) and (tmp_path / manifest.slug / "export.sha256").read_text() != stamp
 
 
-def test_int8_keeps_quality_and_neighbours_on_real_descriptions(encoders: ModelCatalog) -> None:
+def test_int8_keeps_quality_and_neighbours_on_real_descriptions(catalog: ModelCatalog) -> None:
     """The issue's int8 targets on 1000 of the benchmark's package descriptions. fp32 stands in
     for sentence-transformers here (the reference test above pins it at cosine >= 0.9999);
     `make bench` measures against sentence-transformers itself on 5000 texts."""
@@ -121,8 +121,8 @@ def test_int8_keeps_quality_and_neighbours_on_real_descriptions(encoders: ModelC
     from bench.run import top_k_overlap
 
     texts = load_texts(1000)
-    fp32 = encoders.get(MODEL).embed(texts)
-    int8 = encoders.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed(texts)
+    fp32 = catalog.get(MODEL).embed(texts)
+    int8 = catalog.get("sentence-transformers/all-MiniLM-L6-v2-int8").embed(texts)
     cosine = (fp32 * int8).sum(axis=1)
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.995, (cosine.min(), cosine.mean())
     overlap = top_k_overlap(fp32, int8, 10)

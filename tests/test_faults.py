@@ -55,11 +55,11 @@ async def test_dropped_column_fails_the_job_but_never_the_users_write(conn, prod
     assert conn.execute("select content_hash is not null as ok from vectorize._embeddings_other").fetchone()["ok"]
 
 
-async def test_renamed_table_is_followed(conn, products, start_worker, encoders) -> None:
+async def test_renamed_table_is_followed(conn, products, start_worker, catalog) -> None:
     await backfilled_job(conn, start_worker)
     conn.execute("alter table my_products rename to catalogue")
     conn.execute("update catalogue set description = 'Renamed but followed' where product_id = 1")
-    want = vector_of(encoders, "product_name: Pencil description: Renamed but followed")
+    want = vector_of(catalog, "product_name: Pencil description: Renamed but followed")
     await wait_until(lambda: float(stored_vector(conn, 1) @ want) > 0.9999, timeout=10)
     assert job_state(conn)["status"] == "active"
 
@@ -74,18 +74,18 @@ async def test_dropped_table_fails_the_job_and_search_says_so(conn, products, st
     assert (await api.delete("/api/v1/table/my_job")).status == 200
 
 
-async def test_changed_primary_key_keeps_working(conn, products, start_worker, encoders) -> None:
+async def test_changed_primary_key_keeps_working(conn, products, start_worker, catalog) -> None:
     await backfilled_job(conn, start_worker)
     conn.execute("alter table my_products drop constraint my_products_pkey")
     conn.execute("alter table my_products add primary key (product_name)")
     conn.execute("update my_products set description = 'New key, same rows' where product_id = 2")
-    want = vector_of(encoders, "product_name: Laptop Stand description: New key, same rows")
+    want = vector_of(catalog, "product_name: Laptop Stand description: New key, same rows")
     await wait_until(lambda: float(stored_vector(conn, 2) @ want) > 0.9999, timeout=10)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
-async def test_racing_workers_converge_to_the_latest_text(conn, start_worker, encoders, pg_admin_url, workers) -> None:
+async def test_racing_workers_converge_to_the_latest_text(conn, start_worker, catalog, pg_admin_url, workers) -> None:
     conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
     conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 60) g")
     create_job(conn, job_name="notes", src_table="notes", src_columns=["body"], primary_key="id")
@@ -104,7 +104,7 @@ async def test_racing_workers_converge_to_the_latest_text(conn, start_worker, en
     rows = conn.execute(
         "select n.body, e.embedding from notes n join vectorize._embeddings_notes e using (id) order by id"
     ).fetchall()
-    want = encoders.get(MODEL).embed(["body: " + r["body"] for r in rows])
+    want = catalog.get(MODEL).embed(["body: " + r["body"] for r in rows])
     got = np.stack([r["embedding"].to_numpy() for r in rows])
     assert len(rows) == 60 and ((want * got).sum(axis=1) > 0.9999).all()
     # At most one inference per update (unchanged or superseded texts are skipped).
@@ -124,7 +124,7 @@ def _pg_ctl(pg_admin_url: str, *args: str) -> None:
 
 
 @pytest.mark.slow
-async def test_postgres_restart_is_survived(conn, products, start_worker, api, pg_admin_url, encoders, db_url) -> None:
+async def test_postgres_restart_is_survived(conn, products, start_worker, api, pg_admin_url, catalog, db_url) -> None:
     await backfilled_job(conn, start_worker, poll_interval=1.0)
     conn.close()
     _pg_ctl(pg_admin_url, "-w", "-m", "fast", "stop")
@@ -144,7 +144,7 @@ async def test_postgres_restart_is_survived(conn, products, start_worker, api, p
         register_vector(fresh)
         # Written before the worker's listener is back: the NOTIFY may be lost; the catch-up covers it.
         fresh.execute("update my_products set description = 'Changed during recovery' where product_id = 3")
-        want = vector_of(encoders, "product_name: Desk Lamp description: Changed during recovery")
+        want = vector_of(catalog, "product_name: Desk Lamp description: Changed during recovery")
 
         def embedded() -> bool:
             row = fresh.execute("select embedding from vectorize._embeddings_my_job where product_id = 3").fetchone()
@@ -193,7 +193,7 @@ def test_sigterm_is_graceful_and_a_second_signal_is_immediate(db_url: str) -> No
             proc.wait(20)
 
 
-async def test_odd_rows_and_column_types(conn, start_worker, encoders) -> None:
+async def test_odd_rows_and_column_types(conn, start_worker, catalog) -> None:
     conn.execute("""create table odd (id uuid primary key default gen_random_uuid(), title text, n integer, price numeric(8,2),
                                      meta jsonb, tags text[], updated_at timestamptz default now())""")
     conn.execute("""insert into odd (title, n, price, meta, tags) values
@@ -206,7 +206,7 @@ async def test_odd_rows_and_column_types(conn, start_worker, encoders) -> None:
     start_worker()
     await wait_until(lambda: embedding_count(conn, "odd") == 5 and queue_depth(conn) == 0, timeout=60)
     row = conn.execute("select id from odd where n = 7").fetchone()
-    want = vector_of(encoders, 'title: 🚲 bike 🚀 rocket n: 7 price: 12.50 meta: {"a": [1, 2]} tags: {red,blue}')
+    want = vector_of(catalog, 'title: 🚲 bike 🚀 rocket n: 7 price: 12.50 meta: {"a": [1, 2]} tags: {red,blue}')
     got = conn.execute("select embedding from vectorize._embeddings_odd where id = %s", (row["id"],)).fetchone()["embedding"]
     assert float(got.to_numpy() @ want) > 0.9999
     empty = conn.execute(

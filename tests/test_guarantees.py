@@ -21,11 +21,11 @@ from .helpers import MY_JOB, create_job, embedding_count, queue_depth, stored_ve
 MODEL = MY_JOB["model"]
 
 
-async def test_writers_never_wait_for_a_batch_in_flight(conn, products, start_worker, encoders) -> None:
+async def test_writers_never_wait_for_a_batch_in_flight(conn, products, start_worker, catalog) -> None:
     create_job(conn)
     start_worker()
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
-    encoder = encoders.get(MODEL)
+    encoder = catalog.get(MODEL)
     in_batch, release = threading.Event(), threading.Event()
 
     def hold(text: str) -> None:  # runs in the inference thread, inside the worker's transaction
@@ -47,12 +47,12 @@ async def test_writers_never_wait_for_a_batch_in_flight(conn, products, start_wo
         release.set()
         encoder.failure_hook = None
     want = vector_of(
-        encoders, "product_name: Pencil description: Utensil used for writing and often works best on paper (v2) (v3)"
+        catalog, "product_name: Pencil description: Utensil used for writing and often works best on paper (v2) (v3)"
     )
     await wait_until(lambda: queue_depth(conn) == 0 and float(stored_vector(conn, 1) @ want) > 0.9999, timeout=60)
 
 
-async def test_reconciliation_repairs_changes_made_without_triggers(conn, products, start_worker, encoders) -> None:
+async def test_reconciliation_repairs_changes_made_without_triggers(conn, products, start_worker, catalog) -> None:
     create_job(conn)
     first = start_worker()
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
@@ -63,7 +63,7 @@ async def test_reconciliation_repairs_changes_made_without_triggers(conn, produc
     conn.execute("alter table my_products enable trigger user")
     assert queue_depth(conn) == 0
     handle = start_worker()
-    want = vector_of(encoders, "product_name: Bluetooth Speaker description: Gear for camping trips")
+    want = vector_of(catalog, "product_name: Bluetooth Speaker description: Gear for camping trips")
     await wait_until(lambda: float(stored_vector(conn, 4) @ want) > 0.9999, timeout=30)
     await wait_until(lambda: not conn.execute("select scan_active from vectorize.job").fetchone()["scan_active"])
     # Only the changed row was embedded again.
@@ -113,7 +113,7 @@ async def test_many_jobs_do_not_starve_each_other(conn, start_worker) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_backfill_loses_nothing(db_url: str, encoders) -> None:
+def test_kill_9_mid_backfill_loses_nothing(db_url: str, catalog) -> None:
     """SIGKILL a worker process during the backfill and during updates; after a restart every
     row has exactly one embedding, equal to the model's embedding of its current text."""
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -160,7 +160,7 @@ def test_kill_9_mid_backfill_loses_nothing(db_url: str, encoders) -> None:
             "select d.body, e.embedding from docs d join vectorize._embeddings_docs e using (id) order by id"
         ).fetchall()
     assert len(rows) == 1500
-    want = encoders.get(MODEL).embed(["body: " + body for body, _ in rows])
+    want = catalog.get(MODEL).embed(["body: " + body for body, _ in rows])
     got = np.stack([e.to_numpy() for _, e in rows])
     cosine = (want * got).sum(axis=1)
     assert cosine.min() > 0.9999

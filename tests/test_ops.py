@@ -37,10 +37,10 @@ async def test_hybrid_ranking_fields_and_weights(api, conn, products, start_work
     assert bad.status == 400 and "rrf_k" in (await bad.json())["error"]
 
 
-async def test_sql_search_gives_the_api_results(api, conn, products, start_worker, encoders) -> None:
+async def test_sql_search_gives_the_api_results(api, conn, products, start_worker, catalog) -> None:
     start_worker()
     await backfilled(api, conn)
-    vector = encoders.get(MODEL).embed(["camping gear"])[0]
+    vector = catalog.get(MODEL).embed(["camping gear"])[0]
     sql_rows = conn.execute("select r from vectorize.search('my_job', %s, 5, '{\"price\": \"lt.50\"}') r", (vector,)).fetchall()
     api_rows = await (
         await api.post(
@@ -98,8 +98,8 @@ async def test_job_list_show_and_status_view(api, conn, products, start_worker) 
     assert view == {"embedded_rows": 40, "pending": 0, "backfill_done": True}
 
 
-async def test_poison_row_is_retried_parked_and_cleared(api, conn, products, start_worker, encoders) -> None:
-    encoder = encoders.get(MODEL)
+async def test_poison_row_is_retried_parked_and_cleared(api, conn, products, start_worker, catalog) -> None:
+    encoder = catalog.get(MODEL)
 
     def poison(text: str) -> None:
         if "Hammock" in text:
@@ -138,7 +138,7 @@ async def test_metrics_are_prometheus_text(api, conn, products, start_worker) ->
     assert 'vectorize_http_requests_total{method="GET",route="/api/v1/search",status="200"}' in text
 
 
-async def test_bearer_token_guards_everything_but_liveness(settings, encoders, db_url) -> None:
+async def test_bearer_token_guards_everything_but_liveness(settings, catalog, db_url) -> None:
     from dataclasses import replace
 
     from aiohttp.test_utils import TestClient, TestServer
@@ -148,7 +148,7 @@ async def test_bearer_token_guards_everything_but_liveness(settings, encoders, d
 
     pool = make_pool(db_url)
     await pool.open()
-    client = TestClient(TestServer(create_app(replace(settings, api_token="s3cret"), pool, encoders)))
+    client = TestClient(TestServer(create_app(replace(settings, api_token="s3cret"), pool, catalog)))
     await client.start_server()
     try:
         assert (await client.get("/health/live")).status == 200

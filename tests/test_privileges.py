@@ -39,13 +39,13 @@ def least_privilege_db(pg_admin_url: str):
         admin.execute("drop role vz_intruder")
 
 
-async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, encoders, start_worker, settings) -> None:
+async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, catalog, start_worker, settings) -> None:
     daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
     with psycopg.connect(daemon_url) as conn:
         assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0] is False
     migrate(daemon_url)
     with psycopg.connect(daemon_url) as conn:
-        publish_models(conn, encoders.local_models())
+        publish_models(conn, catalog.local_models())
     with psycopg.connect(daemon_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
@@ -63,11 +63,11 @@ async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, encoders
         await wait_until(lambda: owner.execute(count).fetchone()[0] == 3, timeout=10)
 
 
-def test_role_without_access_cannot_create_a_job(least_privilege_db: str, encoders) -> None:
+def test_role_without_access_cannot_create_a_job(least_privilege_db: str, catalog) -> None:
     daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
     migrate(daemon_url)
     with psycopg.connect(daemon_url, autocommit=True) as conn:
-        publish_models(conn, encoders.local_models())
+        publish_models(conn, catalog.local_models())
         conn.execute("grant usage on schema vectorize to vz_intruder")
         conn.execute("grant insert, select on vectorize.job to vz_intruder")
         conn.execute("grant select on vectorize.model to vz_intruder")

@@ -115,13 +115,13 @@ async def test_two_workers_three_jobs_keep_live_changes_fast(conn, products, sta
     assert p95 <= P95_BOUND and p99 <= P99_BOUND
 
 
-async def test_an_embedder_outage_pauses_its_job_and_charges_no_row(conn, products, settings, start_worker, encoders) -> None:
+async def test_an_embedder_outage_pauses_its_job_and_charges_no_row(conn, products, settings, start_worker, catalog) -> None:
     async with serve_fake_openai() as (fake, url):
-        catalog = ModelCatalog(MODELS_DIR, openai_models=("fake-embed",), openai_base_url=url, openai_api_key=KEY)
-        catalog._embedders.update({MY_JOB["model"]: encoders.get(MY_JOB["model"])})  # share the loaded ONNX model
-        remote = catalog.remote["openai/fake-embed"]
+        remote_catalog = ModelCatalog(MODELS_DIR, openai_models=("fake-embed",), openai_base_url=url, openai_api_key=KEY)
+        remote_catalog._embedders.update({MY_JOB["model"]: catalog.get(MY_JOB["model"])})  # share the loaded ONNX model
+        remote = remote_catalog.remote["openai/fake-embed"]
         remote.max_retries = 0
-        models, _ = await asyncio.to_thread(catalog.available)
+        models, _ = await asyncio.to_thread(remote_catalog.available)
         with psycopg.connect(settings.database_url) as c:
             publish_models(c, models)
         conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
@@ -129,7 +129,7 @@ async def test_an_embedder_outage_pauses_its_job_and_charges_no_row(conn, produc
         create_job(conn, job_name="notes", src_table="notes", src_columns=["body"], primary_key="id", model="openai/fake-embed")
         small_job(conn, "local")
         start_worker(
-            catalog, max_attempts=2, retry_backoff=0.1, embedder_backoff=0.5, embedder_backoff_max=2.0, poll_interval=1.0
+            remote_catalog, max_attempts=2, retry_backoff=0.1, embedder_backoff=0.5, embedder_backoff_max=2.0, poll_interval=1.0
         )
         try:
             await wait_until(lambda: embedding_count(conn, "notes") == 30 and embedding_count(conn, "local") == 40, timeout=60)
@@ -170,7 +170,7 @@ async def test_an_embedder_outage_pauses_its_job_and_charges_no_row(conn, produc
             fake.down = False
 
 
-async def test_lag_histogram_and_oldest_pending_gauges_move(conn, products, start_worker, api, encoders) -> None:
+async def test_lag_histogram_and_oldest_pending_gauges_move(conn, products, start_worker, api, catalog) -> None:
     create_job(conn)
     handle = start_worker()
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
@@ -259,7 +259,7 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
     assert time.monotonic() - started < 2  # woken by NOTIFY, not by the hour-long poll
 
 
-async def test_a_remote_model_down_at_start_up_is_published_once_it_answers(conn, products, settings, encoders) -> None:
+async def test_a_remote_model_down_at_start_up_is_published_once_it_answers(conn, products, settings, catalog) -> None:
     conn.execute("create table notes (id int primary key, body text, updated_at timestamptz default now())")
     conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 30) g")
     body = {**MY_JOB, "job_name": "notes", "src_table": "notes", "src_columns": ["body"], "primary_key": "id"}
@@ -269,13 +269,13 @@ async def test_a_remote_model_down_at_start_up_is_published_once_it_answers(conn
         config = replace(
             settings, openai_models="fake-embed", openai_base_url=url, openai_api_key=KEY, openai_max_retries=0, port=port
         )
-        catalog = model_catalog(config)
-        catalog._embedders[MY_JOB["model"]] = encoders.get(MY_JOB["model"])  # share the loaded ONNX model
-        config, unavailable = await asyncio.to_thread(prepare_database, config, catalog)
+        remote_catalog = model_catalog(config)
+        remote_catalog._embedders[MY_JOB["model"]] = catalog.get(MY_JOB["model"])  # share the loaded ONNX model
+        config, unavailable = await asyncio.to_thread(prepare_database, config, remote_catalog)
         assert list(unavailable) == ["openai/fake-embed"]
         stop = asyncio.Event()
         service = asyncio.create_task(
-            serve(config, catalog, api=True, worker=True, stop=stop, unavailable_models=tuple(unavailable))
+            serve(config, remote_catalog, api=True, worker=True, stop=stop, unavailable_models=tuple(unavailable))
         )
         try:
             async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:

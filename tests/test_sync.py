@@ -14,12 +14,12 @@ from vectorize.scheduler import Lane
 from .helpers import MODEL, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
 
-async def test_sql_insert_job_backfills_every_row(conn, products, start_worker, encoders) -> None:
+async def test_sql_insert_job_backfills_every_row(conn, products, start_worker, catalog) -> None:
     create_job(conn)
     start_worker()
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
     # The stored vector is the model's embedding of the contract's text format.
-    expected = vector_of(encoders, "product_name: Pencil description: Utensil used for writing and often works best on paper")
+    expected = vector_of(catalog, "product_name: Pencil description: Utensil used for writing and often works best on paper")
     got = stored_vector(conn, 1)
     assert got is not None and float(got @ expected) > 0.9999
     # The view joins source rows to their embeddings.
@@ -29,7 +29,7 @@ async def test_sql_insert_job_backfills_every_row(conn, products, start_worker, 
     assert job is not None
 
 
-async def test_insert_update_delete_are_followed_within_a_second(conn, products, start_worker, encoders) -> None:
+async def test_insert_update_delete_are_followed_within_a_second(conn, products, start_worker, catalog) -> None:
     create_job(conn)
     start_worker(poll_interval=60.0)  # only NOTIFY can wake it in time
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
@@ -43,11 +43,11 @@ async def test_insert_update_delete_are_followed_within_a_second(conn, products,
 
     started = time.monotonic()
     conn.execute("update my_products set description = 'A pointy writing stick' where product_id = 1")
-    want = vector_of(encoders, "product_name: Pencil description: A pointy writing stick")
+    want = vector_of(catalog, "product_name: Pencil description: A pointy writing stick")
     await wait_until(lambda: float(stored_vector(conn, 1) @ want) > 0.9999, timeout=1.0)
 
     conn.execute("update my_products set description = null where product_id = 2")
-    want_null = vector_of(encoders, "product_name: Laptop Stand description: ")
+    want_null = vector_of(catalog, "product_name: Laptop Stand description: ")
     await wait_until(lambda: float(stored_vector(conn, 2) @ want_null) > 0.9999, timeout=1.0)
     updated_ms = (time.monotonic() - started) * 1000
 
@@ -138,7 +138,7 @@ async def test_two_jobs_on_one_table(conn, products, start_worker) -> None:
     assert conn.execute("select to_regclass('vectorize._embeddings_names_only') as r").fetchone()["r"] is None
 
 
-async def test_quoted_mixed_case_identifiers(conn, start_worker, encoders) -> None:
+async def test_quoted_mixed_case_identifiers(conn, start_worker, catalog) -> None:
     conn.execute('create schema "Sales"')
     conn.execute(
         'create table "Sales"."Order Items" ("Item Id" text primary key, "Description" text, "select" text, "Updated" timestamptz default now())'
@@ -168,10 +168,10 @@ async def test_quoted_mixed_case_identifiers(conn, start_worker, encoders) -> No
     await wait_until(
         lambda: embedding_count(conn, "Orders") == 2 and embedding_count(conn, "orders") == 2 and queue_depth(conn) == 0
     )
-    want = vector_of(encoders, "Description: Blue hat select: ")
+    want = vector_of(catalog, "Description: Blue hat select: ")
     assert float(stored_vector(conn, "b'2", "Orders", "Item Id") @ want) > 0.9999
     conn.execute("""update "Sales"."Order Items" set "Description" = 'Green hat' where "Item Id" = 'b''2'""")
-    want = vector_of(encoders, "Description: Green hat")
+    want = vector_of(catalog, "Description: Green hat")
     await wait_until(lambda: float(stored_vector(conn, "b'2", "orders", "Item Id") @ want) > 0.9999)
 
 
@@ -183,13 +183,13 @@ async def test_truncate_empties_the_embeddings(conn, products, start_worker) -> 
     assert embedding_count(conn) == 0
 
 
-async def test_newest_wins_when_an_older_version_arrives_late(conn, products, start_worker, encoders) -> None:
+async def test_newest_wins_when_an_older_version_arrives_late(conn, products, start_worker, catalog) -> None:
     """apply_batch refuses to overwrite a newer version with an older one."""
     create_job(conn)
     start_worker()
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
     version = conn.execute("select version from vectorize._embeddings_my_job where product_id = 1").fetchone()["version"]
-    stale = vector_of(encoders, "something else entirely")
+    stale = vector_of(catalog, "something else entirely")
     with conn.transaction():
         conn.execute(
             "create temp table if not exists vectorize_staging (pk text not null, embedding vector, content text,"
@@ -202,17 +202,17 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
     assert float(stored_vector(conn, 1) @ stale) < 0.9
 
 
-async def test_claimed_items_survive_a_rolled_back_batch(conn, products, encoders, settings) -> None:
+async def test_claimed_items_survive_a_rolled_back_batch(conn, products, catalog, settings) -> None:
     """A batch that dies before commit leaves its queue items for the next worker."""
     from vectorize.worker import Worker
 
     create_job(conn)
     conn.execute("update vectorize.job set scan_active = false")
     conn.execute("insert into vectorize.queue (job_id, pk) select id, '1' from vectorize.job")
-    worker = Worker(settings, encoders)
+    worker = Worker(settings, catalog)
     await worker.pool.open()
     try:
-        encoder = encoders.get(MODEL)
+        encoder = catalog.get(MODEL)
 
         def boom(text: str) -> None:
             raise psycopg.OperationalError("simulated crash mid-batch")
@@ -245,8 +245,8 @@ async def test_worker_picks_up_a_job_created_while_running(conn, products, start
     await wait_until(lambda: embedding_count(conn) == 40, timeout=15)
 
 
-async def test_two_batches_are_in_flight_so_writes_overlap_inference(conn, products, start_worker, encoders) -> None:
-    encoder = encoders.get(MODEL)
+async def test_two_batches_are_in_flight_so_writes_overlap_inference(conn, products, start_worker, catalog) -> None:
+    encoder = catalog.get(MODEL)
     release = threading.Event()
     holding = 0
     lock = threading.Lock()

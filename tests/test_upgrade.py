@@ -85,7 +85,7 @@ def empty_db(pg_admin_url: str):
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
-def test_a_database_of_the_previous_release_upgrades_to_a_fresh_install(empty_db, encoders) -> None:
+def test_a_database_of_the_previous_release_upgrades_to_a_fresh_install(empty_db, catalog) -> None:
     old = empty_db("upgrade_from_0_1_0")
     with psycopg.connect(old, autocommit=True) as conn:
         conn.execute((RELEASES / "0.1.0.sql").read_text().encode())
@@ -100,7 +100,7 @@ def test_a_database_of_the_previous_release_upgrades_to_a_fresh_install(empty_db
     fresh = empty_db("fresh_install")
     migrate(fresh)
     with psycopg.connect(fresh) as conn:
-        publish_models(conn, encoders.local_models())
+        publish_models(conn, catalog.local_models())
     make_job(fresh)
 
     upgraded, installed = schema_of(old), schema_of(fresh)

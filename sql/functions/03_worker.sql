@@ -15,6 +15,7 @@ declare
     j        vectorize.job;
     v_seen   int;
     v_last   text;
+    v_queued int;
 begin
     if not exists (select 1 from vectorize.job where id = p_job_id and scan_active and status = 'active') then
         return -1;
@@ -41,7 +42,7 @@ begin
                 (select p.pk::text from page p order by p.pk desc limit 1),
                 (select count(*) from queued)::int',
         j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, vectorize._embeddings_table(j.job_name))
-      into v_seen, v_last
+      into v_seen, v_last, v_queued
       using j.scan_cursor, p_page, j.id;
     if v_seen < p_page then
         update vectorize.job set scan_active = false, scan_cursor = null,
@@ -49,6 +50,10 @@ begin
          where id = j.id;
     else
         update vectorize.job set scan_cursor = v_last where id = j.id;
+    end if;
+    if v_queued > 0 then
+        -- Other workers may take a share of the page at once, instead of at their next poll.
+        perform pg_notify('vectorize', j.id::text);
     end if;
     return v_seen;
 end $$;
