@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg
 import psycopg_pool
@@ -77,10 +78,12 @@ class Worker:
         if self._own_pool:
             await self.pool.open()
         side_tasks = [
-            asyncio.create_task(self._supervise("listener", lambda: self._listen(stop), stop)),
-            asyncio.create_task(self._supervise("housekeeping", lambda: self._housekeeping(stop), stop)),
+            asyncio.create_task(self._supervise("listener", partial(self._listen, stop), stop)),
+            asyncio.create_task(self._supervise("housekeeping", partial(self._housekeeping, stop), stop)),
         ]
-        lanes = [asyncio.create_task(self._supervise(f"{lane.value}_lane", self._lane_runner(lane, stop), stop)) for lane in Lane]
+        lanes = [
+            asyncio.create_task(self._supervise(f"{lane.value}_lane", partial(self._lane, lane, stop), stop)) for lane in Lane
+        ]
         try:
             await asyncio.gather(*lanes)
         finally:
@@ -89,9 +92,6 @@ class Worker:
             await asyncio.gather(*side_tasks, *lanes, return_exceptions=True)
             if self._own_pool:
                 await self.pool.close()
-
-    def _lane_runner(self, lane: Lane, stop: asyncio.Event) -> Callable[[], Awaitable[object]]:
-        return lambda: self._lane(lane, stop)
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
         """Keep a side task alive (procrastinate's _monitor_side_tasks): whatever it dies of is
