@@ -44,7 +44,8 @@ on conflict (name) do update
 
 -- name: create_job
 select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_columns)s,
-                            %(primary_key)s, %(update_time_col)s, %(model)s) as id;
+                            %(primary_key)s, %(update_time_col)s, %(model)s,
+                            %(chunking)s, %(chunk_tokens)s, %(chunk_overlap)s) as id;
 
 -- name: delete_job
 delete from vectorize.job where job_name = %(job_name)s returning id;
@@ -54,6 +55,7 @@ delete from vectorize.job where job_name = %(job_name)s returning id;
 -- queue_job_lane_idx from the job's oldest item, so this stays cheap with
 -- millions of items queued; the worker runs it once per scheduling round.
 select j.id, j.job_name, j.model, j.dimension, j.scan_active, j.pause_count,
+       j.chunking, j.chunk_tokens, j.chunk_overlap,
        greatest(extract(epoch from j.paused_until - clock_timestamp()), 0)::float8 as paused_for,
        exists (select 1 from vectorize.queue q
                 where q.job_id = j.id and q.lane = 'live'
@@ -105,20 +107,26 @@ select pk, max(id) as version, array_agg(id) as ids
  group by pk;
 
 -- name: read_rows
-select pk, content, source_updated_at, stored_hash from vectorize.read_rows(%(job_id)s, %(pks)s);
+select pk, content, source_updated_at, stored_hashes from vectorize.read_rows(%(job_id)s, %(pks)s);
 
 -- name: create_staging
-create temp table if not exists vectorize_staging (
+-- One line per chunk of each row of a batch (see vectorize.apply_batch).
+create temp table if not exists vectorize_staging_chunks (
     pk                text not null,
+    chunk             int not null,
     embedding         vector,
     content           text,
     content_hash      bytea,
+    chunk_start       int,
+    chunk_end         int,
+    chunks            int not null,
     source_updated_at timestamptz,
     version           bigint not null
 ) on commit delete rows;
 
 -- name: copy_staging
-copy pg_temp.vectorize_staging (pk, embedding, content, content_hash, source_updated_at, version)
+copy pg_temp.vectorize_staging_chunks (pk, chunk, embedding, content, content_hash, chunk_start, chunk_end, chunks,
+                                       source_updated_at, version)
 from stdin (format binary);
 
 -- name: apply_batch

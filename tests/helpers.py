@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,38 @@ def load_descriptions(conn: psycopg.Connection, table: str, rows: int) -> None:
                 break
             item = json.loads(line)
             copy.write_row((number, f"{item['package']}: {item['short_description']}. {item['long_description']}"))
+
+
+def manpages(limit: int | None = None) -> list[dict]:
+    """Real manual pages, 12-25 kB each (tests/fixtures/README.md), ``{"name", "text"}``."""
+    with gzip.open(FIXTURES / "manpages_100.jsonl.gz", "rt", encoding="utf-8") as handle:
+        pages = [json.loads(line) for line in handle]
+    return pages[:limit]
+
+
+def load_manpages(conn: psycopg.Connection, pages: list[dict], table: str = "pages") -> None:
+    """A table ``(id, name, body, updated_at)`` of the pages, numbered from 1 in order."""
+    conn.execute(
+        sql.SQL("create table {} (id int primary key, name text, body text, updated_at timestamptz default now())").format(
+            sql.Identifier(table)
+        )
+    )
+    with conn.cursor().copy(sql.SQL("copy {} (id, name, body) from stdin").format(sql.Identifier(table))) as copy:
+        for number, page in enumerate(pages, start=1):
+            copy.write_row((number, page["name"], page["text"]))
+
+
+def deep_sentence(text: str, offsets: list[tuple[int, int]]) -> str:
+    """A query from deep inside a document: the longest whole sentence (10+ words) in the ~6000
+    characters after its 400th token, where a model that truncates at 256 never reads. The
+    longest, because a short one ("This option can be given more than once.") belongs to no
+    document in particular. ``offsets``: the text's tokens as character spans."""
+    window = text[offsets[400][0] : offsets[400][0] + 6000]
+    whole = [" ".join(m.group(0).split()) for m in re.finditer(r"(?<=[.!?]\s)[A-Z][^.!?]{60,400}[.!?]", window)]
+    # A line-wrap hyphen ("hap\u2010 pen") is an artefact of the rendering, not a sentence.
+    found = [s for s in whole if "\u2010 " not in s and len(s.split()) >= 10] or whole
+    found = found or [" ".join(m.group(0).split()) for m in re.finditer(r"[A-Z][^.!?]{40,300}[.!?]", window)]
+    return max(found, key=len)
 
 
 def url_for(admin_url: str, database: str) -> str:

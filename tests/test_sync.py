@@ -192,11 +192,13 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
     stale = vector_of(catalog, "something else entirely")
     with conn.transaction():
         conn.execute(
-            "create temp table if not exists vectorize_staging (pk text not null, embedding vector, content text,"
-            " content_hash bytea, source_updated_at timestamptz, version bigint not null)"
+            "create temp table if not exists vectorize_staging_chunks (pk text not null, chunk int not null,"
+            " embedding vector, content text, content_hash bytea, chunk_start int, chunk_end int, chunks int not null,"
+            " source_updated_at timestamptz, version bigint not null)"
         )
         conn.execute(
-            "insert into vectorize_staging values ('1', %s::vector, 'x', '\\x00', now(), %s)", (str(stale.tolist()), version - 1)
+            "insert into vectorize_staging_chunks values ('1', 0, %s::vector, 'x', '\\x00', 0, 1, 1, now(), %s)",
+            (str(stale.tolist()), version - 1),
         )
         conn.execute("select vectorize.apply_batch(id, '{}') from vectorize.job")
     assert float(stored_vector(conn, 1) @ stale) < 0.9

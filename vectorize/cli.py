@@ -120,6 +120,9 @@ def cmd_console(args: argparse.Namespace) -> int:
                 "primary_key": args.primary_key,
                 "update_time_col": args.update_time_col,
                 "model": args.model,
+                "chunking": not args.no_chunking,
+                "chunk_tokens": args.chunk_tokens,
+                "chunk_overlap": args.chunk_overlap,
             }
             coroutine = console.jobs_create(settings, definition)
         return asyncio.run(coroutine)
@@ -156,6 +159,9 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--primary-key", required=True, help="primary-key (or unique, not-null) column")
     p.add_argument("--update-time-col", required=True, help="timestamptz column with each row's last update")
     p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row (default: the model's window)")
+    p.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default 32)")
+    p.add_argument("--no-chunking", action="store_true", help="truncate long rows instead (pg_vectorize's behaviour)")
     p.set_defaults(func=cmd_console)
     p = sub.add_parser("search", help="search a job and print the nearest rows")
     p.add_argument("job_name")

@@ -62,6 +62,7 @@ class Settings:
     openai_base_url: str = _setting(DEFAULT_BASE_URL, "that API's base URL (OpenAI, Ollama, vLLM, TEI, ...)")
     openai_api_key: str | None = _setting(None, "that API's key", env="OPENAI_API_KEY")
     openai_max_retries: int = _setting(3, "quick retries of a failed request before the job waits")
+    openai_max_tokens: int = _setting(512, "chunk size for remote models, counted by the default model's tokenizer")
     openai_backoff: float = _setting(0.5, "seconds before the first quick retry; doubles per retry")
 
     @classmethod

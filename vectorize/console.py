@@ -54,6 +54,12 @@ def _source_rows(status: dict[str, Any]) -> str:
     return f"~{status['source_rows']}" if status["source_rows_estimated"] else str(status["source_rows"])
 
 
+def _cell(value: object, width: int = 80) -> str:
+    """A value for a terminal table, shortened to ``width`` characters."""
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _age(*seconds: float | None) -> str:
     """The oldest pending item's age, for a terminal."""
     known = [s for s in seconds if s is not None]
@@ -159,9 +165,14 @@ async def search(
         results = await search_rows(pool, catalog, job_name, text, limit)
     # The key and the embedded columns fit a terminal; the API returns every column.
     columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
-    table = Table("similarity", *columns, title=f"{job_name}: {text!r}")
+    table = Table("similarity", *columns, "passage", title=f"{job_name}: {text!r}")
     for r in results:
-        table.add_row(f"{r['similarity_score']:.3f}", *(str(r.get(c)) for c in columns))
+        passage = " ".join((r["chunk"]["text"] or "").split())
+        table.add_row(
+            f"{r['similarity_score']:.3f}",
+            *(_cell(r.get(c)) for c in columns),
+            f"#{r['chunk']['index']}: {_cell(passage)}",
+        )
     console.print(table)
     return 0
 

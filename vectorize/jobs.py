@@ -21,16 +21,30 @@ JOB_FIELDS: dict[str, type] = {
     "update_time_col": str,
     "model": str,
 }
-_TYPE_NAMES = {str: "a string", list: "an array of strings"}
+#: Optional fields, with their defaults: how long rows are cut into chunks (see the README).
+CHUNK_FIELDS: dict[str, tuple[type, object]] = {
+    "chunking": (bool, True),
+    "chunk_tokens": (int, None),
+    "chunk_overlap": (int, 32),
+}
+_TYPE_NAMES = {str: "a string", list: "an array of strings", bool: "true or false", int: "an integer"}
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__ if value is not None else "null"
 
 
 def parse_job_definition(body: Any) -> dict[str, Any]:
     """Validate the JSON shape of a VectorizeJob; missing fields are left to the database's message."""
     if not isinstance(body, dict):
         raise UserError(400, f"the request body must be a JSON object with the fields {', '.join(JOB_FIELDS)}")
-    unknown = sorted(set(body) - set(JOB_FIELDS))
+    unknown = sorted(set(body) - set(JOB_FIELDS) - set(CHUNK_FIELDS))
     if unknown:
-        raise UserError(400, f"unknown field {unknown[0]!r}; a job has exactly the fields {', '.join(JOB_FIELDS)}")
+        raise UserError(
+            400,
+            f"unknown field {unknown[0]!r}; a job has the fields {', '.join(JOB_FIELDS)} "
+            f"and optionally {', '.join(CHUNK_FIELDS)}",
+        )
     missing = [f for f in JOB_FIELDS if f not in body]
     if missing:
         raise UserError(400, f"{missing[0]} is required")
@@ -38,9 +52,7 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     for field, kind in JOB_FIELDS.items():
         value = body[field]
         if not isinstance(value, kind):
-            raise UserError(
-                400, f"{field} must be {_TYPE_NAMES[kind]}, got {type(value).__name__ if value is not None else 'null'}"
-            )
+            raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}, got {_type_name(value)}")
         if kind is list:
             if not all(isinstance(v, str) for v in value):
                 raise UserError(400, f"{field} must be an array of strings")
@@ -49,14 +61,21 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
         else:
             reject_nul(field, value)
         definition[field] = value
+    for field, (kind, default) in CHUNK_FIELDS.items():
+        value = body.get(field, default)
+        nullable = default is None
+        if not (value is None and nullable) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
+        definition[field] = value
     return definition
 
 
 async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> str:
     """Insert the job (the trigger validates and builds its objects); returns its id."""
+    params = {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
     with database_errors():
         async with pool.connection() as conn:
-            row = await (await conn.execute(query("create_job"), definition)).fetchone()
+            row = await (await conn.execute(query("create_job"), params)).fetchone()
     assert row is not None
     return str(row["id"])
 

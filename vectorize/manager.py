@@ -28,6 +28,9 @@ class JobWork:
     dimension: int
     scan_active: bool
     pause_count: int
+    chunking: bool
+    chunk_tokens: int | None
+    chunk_overlap: int
     #: Seconds until the job's embedder pause ends; 0 when it is not paused.
     paused_for: float
     live_ready: bool
@@ -53,17 +56,23 @@ class SourceRow:
     pk: str
     content: str
     source_updated_at: datetime | None
-    stored_hash: bytes | None
+    #: Content hashes of the row's stored chunks, in chunk order (None: nothing stored).
+    stored_hashes: list[bytes] | None
 
 
 @dataclass
-class Embedded:
-    """What a batch writes for one source row; ``vector`` is None when its text is unchanged."""
+class ChunkLine:
+    """What a batch writes for one chunk of a source row. ``vector`` is None when the chunk's
+    text is unchanged; ``row_text`` (chunk 0 only, when the row changed) renews its full-text vector."""
 
     pk: str
+    chunk: int
     vector: np.ndarray | None
-    content: str
+    row_text: str | None
     content_hash: bytes
+    start: int
+    end: int
+    chunks: int
     source_updated_at: datetime | None
     version: int
 
@@ -91,14 +100,26 @@ class BatchTransaction:
         cur = await self.conn.execute(query("read_rows"), {"job_id": job_id, "pks": pks})
         return [SourceRow(**row) for row in await cur.fetchall()]
 
-    async def write(self, job_id: Any, rows: Sequence[Embedded], gone: list[str]) -> None:
+    async def write(self, job_id: Any, lines: Sequence[ChunkLine], gone: list[str]) -> None:
         """Binary COPY into a staging table, then one set-based, newest-wins upsert."""
         await self.conn.execute(query("create_staging"))
         async with self.conn.cursor().copy(query("copy_staging")) as copy:
-            copy.set_types(["text", "vector", "text", "bytea", "timestamptz", "int8"])
-            for r in rows:
-                content = r.content if r.vector is not None else None
-                await copy.write_row((r.pk, r.vector, content, r.content_hash, r.source_updated_at, r.version))
+            copy.set_types(["text", "int4", "vector", "text", "bytea", "int4", "int4", "int4", "timestamptz", "int8"])
+            for c in lines:
+                await copy.write_row(
+                    (
+                        c.pk,
+                        c.chunk,
+                        c.vector,
+                        c.row_text,
+                        c.content_hash,
+                        c.start,
+                        c.end,
+                        c.chunks,
+                        c.source_updated_at,
+                        c.version,
+                    )
+                )
         await self.conn.execute(query("apply_batch"), {"job_id": job_id, "gone": gone})
 
     async def finish(self, ids: list[int]) -> list[tuple[str, float]]:

@@ -89,8 +89,29 @@ SPEC: dict[str, Any] = {
                 "required": list(JOB_FIELDS),
                 "additionalProperties": False,
                 "properties": {
-                    name: ({"type": "array", "items": {"type": "string"}, "minItems": 1} if kind is list else {"type": "string"})
-                    for name, kind in JOB_FIELDS.items()
+                    **{
+                        name: (
+                            {"type": "array", "items": {"type": "string"}, "minItems": 1} if kind is list else {"type": "string"}
+                        )
+                        for name, kind in JOB_FIELDS.items()
+                    },
+                    "chunking": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "split rows longer than chunk_tokens into overlapping chunks (false: truncate them)",
+                    },
+                    "chunk_tokens": {
+                        "type": "integer",
+                        "nullable": True,
+                        "minimum": 16,
+                        "description": "tokens per chunk as the model's tokenizer counts them; default: the model's window",
+                    },
+                    "chunk_overlap": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": 32,
+                        "description": "tokens shared by neighbours",
+                    },
                 },
             },
             "SearchRequest": {
@@ -111,9 +132,19 @@ SPEC: dict[str, Any] = {
             },
             "SearchResult": {
                 "type": "object",
-                "description": "Every column of the source row, plus the scores.",
-                "required": ["similarity_score", "semantic_rank", "fts_rank", "rrf_score"],
+                "description": "Every column of the source row, plus the scores and the row's best-matching chunk.",
+                "required": ["similarity_score", "semantic_rank", "fts_rank", "rrf_score", "chunk"],
                 "properties": {
+                    "chunk": {
+                        "type": "object",
+                        "description": "the passage of the row's text that matched best, with its character offsets",
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "start": {"type": "integer"},
+                            "end": {"type": "integer"},
+                            "text": {"type": "string"},
+                        },
+                    },
                     "similarity_score": {"type": "number"},
                     "semantic_rank": {"type": "integer", "nullable": True},
                     "fts_rank": {"type": "integer", "nullable": True},
@@ -132,6 +163,9 @@ SPEC: dict[str, Any] = {
                     "primary_key": {"type": "string"},
                     "update_time_col": {"type": "string"},
                     "model": {"type": "string"},
+                    "chunking": {"type": "boolean"},
+                    "chunk_tokens": {"type": "integer", "nullable": True},
+                    "chunk_overlap": {"type": "integer"},
                     "status": {"type": "string", "enum": ["active", "failed"]},
                     "status_message": {"type": "string", "nullable": True},
                     "sync_state": {"type": "string", "enum": ["live", "backfilling", "waiting_for_embedder", "failed"]},

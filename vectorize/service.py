@@ -47,6 +47,7 @@ def model_catalog(settings: Settings) -> ModelCatalog:
     for embedder in catalog.remote.values():
         embedder.max_retries = settings.openai_max_retries
         embedder.backoff = settings.openai_backoff
+        embedder.max_tokens = settings.openai_max_tokens
     return catalog
 
 
@@ -95,17 +96,24 @@ def _publish(database_url: str, info: ModelInfo) -> None:
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: graceful stop. A second one exits at once -- also when it arrives
+    while the process is already past its event loop, so process-level handlers rather than the
+    loop's (which go away with the loop and leave the default action, death by signal)."""
     loop = asyncio.get_running_loop()
+    requested = False
 
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal requested
+        if requested:
             log.warning("event=second_signal signal=%d action=exit_now", signum)
             os._exit(1)
+        requested = True
         log.info("event=shutdown_requested signal=%d", signum)
-        stop.set()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+        signal.signal(signum, on_signal)
 
 
 async def serve(

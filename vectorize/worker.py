@@ -26,9 +26,10 @@ from psycopg_pool import AsyncConnectionPool
 from . import metrics
 from .config import Settings
 from .db import make_pool
-from .embedding.catalog import ModelCatalog
+from .embedding.catalog import Embedder, ModelCatalog
+from .embedding.chunking import split_texts
 from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
-from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, Claimed, Embedded, JobManager, JobWork
+from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, ChunkLine, Claimed, JobManager, JobWork
 from .retry import SOURCE_BROKEN, Blame, RetryPolicy
 from .scheduler import Lane, Rotation
 
@@ -40,6 +41,22 @@ log = logging.getLogger(__name__)
 #: batches. Claims use SKIP LOCKED and writes are newest-wins, so two batches never
 #: take the same items or overwrite a newer embedding with an older one.
 PIPELINE_DEPTH = 2
+
+
+#: [CLS] and [SEP]: the tokens a BERT-family model adds to every text, inside its window.
+SPECIAL_TOKENS = 2
+
+
+@dataclass
+class Prepared:
+    """A batch ready to write: a line per chunk, the keys whose row is gone, the keys done."""
+
+    lines: list[ChunkLine] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    #: The distinct chunk texts embedded.
+    texts: set[str] = field(default_factory=set)
+    embedded_rows: int = 0
 
 
 @dataclass
@@ -71,6 +88,8 @@ class Worker:
         #: flight stops between inference calls and its transaction rolls back.
         self.abort = threading.Event()
         self.inferences = 0
+        #: Recent chunks per row of each job, to claim about a batch's worth of chunks.
+        self._chunks_per_row: dict[object, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -252,72 +271,117 @@ class Worker:
         return 1
 
     async def _run_batch(self, job: JobWork, lane: Lane, limit: int, only_ids: list[int] | None) -> BatchResult:
+        """One transaction: claim, read, chunk, embed, write, finish. ``limit`` counts chunks to embed:
+        rows past it stay queued for the next batch, so long documents make batches of the same work."""
         result = BatchResult()
         async with self.manager.batch() as tx:
-            result.claimed = await (tx.claim_ids(only_ids) if only_ids is not None else tx.claim(job.id, lane, limit))
+            if only_ids is not None:
+                result.claimed = await tx.claim_ids(only_ids)
+            else:
+                result.claimed = await tx.claim(job.id, lane, self._claim_limit(job, limit))
             if not result.claimed:
                 return result
             started = time.perf_counter()
             try:
-                rows, gone, embedded = await self._embed(tx, job, lane, result.claimed)
+                batch = await self._embed(tx, job, lane, result.claimed, limit)
             except Exception as exc:
                 if self.policy.blame(exc) not in (Blame.ROW, Blame.EMBEDDER):
                     raise
                 result.failure = exc
                 raise psycopg.Rollback() from None  # the claims go back to the queue, uncharged
             inferred = time.perf_counter()
-            await tx.write(job.id, rows, gone)
+            await tx.write(job.id, batch.lines, batch.gone)
+            result.claimed = [c for c in result.claimed if c.pk in batch.done]
             lags = await tx.finish([i for c in result.claimed for i in c.ids])
         if result.failure is not None:
             return result
         for item_lane, lag in lags:
             if item_lane == Lane.LIVE.value:
                 metrics.SYNC_LAG.labels(job.job_name).observe(lag)
-        self._record(job, lane, len(result.claimed), embedded, len(gone), inferred - started, time.perf_counter() - started)
+        rows = len(batch.done) - len(batch.gone)
+        if rows:
+            seen = self._chunks_per_row.get(job.id, 1.0)
+            self._chunks_per_row[job.id] = 0.5 * seen + 0.5 * len(batch.lines) / rows
+        self._record(job, lane, len(result.claimed), batch, inferred - started, time.perf_counter() - started)
         return result
 
-    async def _embed(
-        self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed]
-    ) -> tuple[list[Embedded], list[str], int]:
-        """Read the claimed rows' current text and embed what changed, each distinct text once.
-        Returns what to write, the keys whose row is gone, and how many rows were embedded."""
+    def _claim_limit(self, job: JobWork, chunks: int) -> int:
+        """Rows to claim for about ``chunks`` chunks, from the job's recent chunks per row."""
+        return max(1, round(chunks / max(self._chunks_per_row.get(job.id, 1.0), 1.0)))
+
+    async def _embed(self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed], budget: int) -> Prepared:
+        """Read the claimed rows' current text, cut each into chunks, and embed the chunks whose
+        text changed, each distinct text once, up to ``budget`` of them (at least one row's)."""
         versions = {c.pk: c.version for c in claimed}
         rows = await tx.read_rows(job.id, list(versions))
         present = {r.pk for r in rows}
-        gone = [pk for pk in versions if pk not in present]
-        hashes = {r.pk: content_hash(r.content) for r in rows}
-        changed = [r for r in rows if hashes[r.pk] != r.stored_hash]
-        texts = sorted({r.content for r in changed})
-        vectors = {}
-        if texts:
-            embedder = await asyncio.to_thread(self.catalog.get, job.model)
+        batch = Prepared(gone=[pk for pk in versions if pk not in present])
+        batch.done.update(batch.gone)
+        if not rows:
+            return batch
+        embedder = await asyncio.to_thread(self.catalog.get, job.model)
+        spans = await asyncio.to_thread(self._chunk_spans, embedder, job, [r.content for r in rows])
+        wanted: list[str | None] = []  # per line: the text to embed, or None when unchanged
+        for row, row_spans in zip(rows, spans, strict=True):
+            texts = [row.content[a:b] for a, b in row_spans]
+            hashes = [content_hash(t) for t in texts]
+            stored = row.stored_hashes or []
+            fresh = [k >= len(stored) or stored[k] != h for k, h in enumerate(hashes)]
+            new = {t for t, f in zip(texts, fresh, strict=True) if f} - batch.texts
+            if new and batch.texts and len(batch.texts) + len(new) > budget:
+                continue  # left for the next batch: its queue items stay
+            batch.done.add(row.pk)
+            batch.texts |= new
+            batch.embedded_rows += any(fresh)
+            changed = hashes != stored
+            for k, ((start, end), text, digest) in enumerate(zip(row_spans, texts, hashes, strict=True)):
+                wanted.append(text if fresh[k] else None)
+                batch.lines.append(
+                    ChunkLine(
+                        row.pk,
+                        k,
+                        None,
+                        row.content if k == 0 and changed else None,
+                        digest,
+                        start,
+                        end,
+                        len(texts),
+                        row.source_updated_at,
+                        versions[row.pk],
+                    )
+                )
+        if batch.texts:
+            texts = sorted(batch.texts)
             matrix = await asyncio.to_thread(embedder.embed, texts, self.abort, lane.priority)
             vectors = dict(zip(texts, matrix, strict=True))
             self.inferences += len(texts)
-        out = [
-            Embedded(
-                r.pk,
-                vectors[r.content] if hashes[r.pk] != r.stored_hash else None,
-                r.content,
-                hashes[r.pk],
-                r.source_updated_at,
-                versions[r.pk],
-            )
-            for r in rows
-        ]
-        return out, gone, len(changed)
+            for line, text in zip(batch.lines, wanted, strict=True):
+                if text is not None:
+                    line.vector = vectors[text]
+        return batch
 
-    def _record(self, job: JobWork, lane: Lane, rows: int, embedded: int, gone: int, infer_s: float, total_s: float) -> None:
+    @staticmethod
+    def _chunk_spans(embedder: Embedder, job: JobWork, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Each text's chunks: the whole text when chunking is off (the model truncates it), else
+        pieces of at most chunk_tokens (default: the model's window) less its two special tokens."""
+        if not job.chunking:
+            return [[(0, len(text))] for text in texts]
+        window = job.chunk_tokens or embedder.max_tokens
+        return split_texts(texts, embedder.counter, window - SPECIAL_TOKENS, job.chunk_overlap)
+
+    def _record(self, job: JobWork, lane: Lane, rows: int, batch: Prepared, infer_s: float, total_s: float) -> None:
+        embedded, gone = batch.embedded_rows, len(batch.gone)
         metrics.ROWS_EMBEDDED.labels(job.job_name).inc(embedded)
         metrics.LANE_ROWS.labels(job.job_name, lane.value).inc(rows)
         metrics.BATCHES.labels(job.job_name).inc()
         metrics.INFERENCE_SECONDS.labels(job.job_name).observe(infer_s)
         log.info(
-            "event=batch job=%s lane=%s rows=%d embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
+            "event=batch job=%s lane=%s rows=%d embedded=%d chunks_embedded=%d unchanged=%d gone=%d infer_s=%.3f total_s=%.3f",
             job.job_name,
             lane.value,
             rows,
             embedded,
+            len(batch.texts),
             rows - embedded - gone,
             gone,
             infer_s,

@@ -16,7 +16,7 @@ end $$;
 -- key shares that table, so it may not use one of them.
 create or replace function vectorize._reserved_columns() returns text[]
 language sql immutable as $$
-    select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at']
+    select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at', 'chunk', 'chunk_start', 'chunk_end']
 $$;
 
 -- The one spelling of a job's embeddings table, quoted and schema-qualified.

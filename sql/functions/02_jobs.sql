@@ -15,6 +15,7 @@ declare
     v_notnull  boolean;
     v_models   text;
     v_dim      int;
+    v_window   int;
     v_existing vectorize.job;
     v_qualified text;
 begin
@@ -43,12 +44,28 @@ begin
         perform vectorize._fail('VZ400', format('src_columns names column %s more than once: list each column once', to_json(v_dup)));
     end if;
 
-    select m.dimension into v_dim from vectorize.model m where m.name = new.model;
+    select m.dimension, m.max_tokens into v_dim, v_window from vectorize.model m where m.name = new.model;
     if not found then
         select coalesce(string_agg(m.name, ', ' order by m.name), '(none registered: start the vectorize daemon once)')
           into v_models from vectorize.model m;
         perform vectorize._fail('VZ400',
             format('model %s is not available; this installation can run: %s', to_json(new.model), v_models));
+    end if;
+
+    -- Chunking: on by default; chunk_tokens defaults to the model's window.
+    if new.chunking is null then
+        perform vectorize._fail('VZ400', 'chunking must be true (split long rows into chunks) or false (truncate them)');
+    end if;
+    if new.chunk_tokens is not null and (new.chunk_tokens < 16 or new.chunk_tokens > coalesce(v_window, 8192)) then
+        perform vectorize._fail('VZ400',
+            format('chunk_tokens %s is out of range: use 16 to %s (the window of model %s), or leave it out for the whole window',
+                   new.chunk_tokens, coalesce(v_window, 8192), to_json(new.model)));
+    end if;
+    if new.chunk_overlap is null or new.chunk_overlap < 0
+       or new.chunk_overlap > coalesce(new.chunk_tokens, v_window, 8192) / 2 then
+        perform vectorize._fail('VZ400',
+            format('chunk_overlap %s is out of range: use 0 to %s (half of chunk_tokens)',
+                   coalesce(new.chunk_overlap::text, 'null'), coalesce(new.chunk_tokens, v_window, 8192) / 2));
     end if;
 
     if new.src_schema = 'vectorize' then
@@ -105,9 +122,10 @@ begin
     select * into v_existing from vectorize.job j where j.job_name = new.job_name;
     if found then
         if (v_existing.src_schema, v_existing.src_table, v_existing.src_columns, v_existing.primary_key,
-            v_existing.update_time_col, v_existing.model)
+            v_existing.update_time_col, v_existing.model, v_existing.chunking, v_existing.chunk_tokens, v_existing.chunk_overlap)
            is not distinct from
-           (new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model) then
+           (new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model,
+            new.chunking, new.chunk_tokens, new.chunk_overlap) then
             return null;
         end if;
         perform vectorize._fail('VZ409',
@@ -133,9 +151,11 @@ end $$;
 create or replace function vectorize._guard_job_update() returns trigger
 language plpgsql as $$
 begin
-    if (old.job_name, old.src_schema, old.src_table, old.src_columns, old.primary_key, old.update_time_col, old.model)
+    if (old.job_name, old.src_schema, old.src_table, old.src_columns, old.primary_key, old.update_time_col, old.model,
+        old.chunking, old.chunk_tokens, old.chunk_overlap)
        is distinct from
-       (new.job_name, new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model) then
+       (new.job_name, new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model,
+        new.chunking, new.chunk_tokens, new.chunk_overlap) then
         perform vectorize._fail('VZ400',
             format('the definition of job %s cannot be changed; delete the job and create it again', to_json(old.job_name)));
     end if;
@@ -156,12 +176,15 @@ declare
     v_changed text;
     v_trigger record;
 begin
-    -- Only the key and the embedded columns: a view depends on every column it names,
-    -- and naming all of them (s.*) would block DROP COLUMN of unrelated columns.
+    -- One row per chunk (vectorize_chunk = 0 is every row's first). Only the key and the
+    -- embedded columns: a view depends on every column it names, and naming all of them
+    -- (s.*) would block DROP COLUMN of unrelated columns.
     execute format('drop view if exists vectorize.%I', j.job_name || '_view');
     execute format(
         'create view vectorize.%I as
-             select s.%I, %s, e.embedding as vectorize_embedding, e.updated_at as vectorize_updated_at
+             select s.%I, %s, e.chunk as vectorize_chunk, e.chunk_start as vectorize_chunk_start,
+                    e.chunk_end as vectorize_chunk_end, e.embedding as vectorize_embedding,
+                    e.updated_at as vectorize_updated_at
                from %s s join %s e on e.%I = s.%I',
         j.job_name || '_view', j.primary_key,
         (select string_agg(format('s.%I', c), ', ') from unnest(j.src_columns) c where c <> j.primary_key),
@@ -274,14 +297,20 @@ declare
 begin
     execute format(
         'create table %s (
-             %I %s primary key,
+             %I %s not null,
              embedding vector(%s) not null,
              fts tsvector,
              content_hash bytea not null,
              source_updated_at timestamptz,
              version bigint not null,
-             updated_at timestamptz not null default now())',
-        v_emb, new.primary_key, new.pk_type, new.dimension);
+             updated_at timestamptz not null default now(),
+             chunk int not null default 0,
+             chunk_start int,
+             chunk_end int,
+             primary key (%I, chunk))',
+        v_emb, new.primary_key, new.pk_type, new.dimension, new.primary_key);
+    -- Finds the rows that have more than one chunk (search looks further only where there are).
+    execute format('create index %I on %s (%I) where chunk > 0', '_embeddings_' || new.job_name || '_chunked', v_emb, new.primary_key);
     execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)', '_embeddings_' || new.job_name || '_hnsw', v_emb);
     execute format('create index %I on %s using gin (fts)', '_embeddings_' || new.job_name || '_fts', v_emb);
     perform vectorize._install_job_objects(new);
@@ -323,13 +352,16 @@ end $$;
 -- also when an identical job already existed (the trigger skipped the insert).
 create or replace function vectorize.create_job(
     p_job_name text, p_src_schema text, p_src_table text, p_src_columns text[],
-    p_primary_key text, p_update_time_col text, p_model text)
+    p_primary_key text, p_update_time_col text, p_model text,
+    p_chunking boolean default true, p_chunk_tokens int default null, p_chunk_overlap int default 32)
 returns uuid language plpgsql as $$
 declare
     v_id uuid;
 begin
-    insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model)
-    values (p_job_name, p_src_schema, p_src_table, p_src_columns, p_primary_key, p_update_time_col, p_model)
+    insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model,
+                               chunking, chunk_tokens, chunk_overlap)
+    values (p_job_name, p_src_schema, p_src_table, p_src_columns, p_primary_key, p_update_time_col, p_model,
+            p_chunking, p_chunk_tokens, p_chunk_overlap)
     returning id into v_id;
     if v_id is null then
         select j.id into v_id from vectorize.job j where j.job_name = p_job_name;

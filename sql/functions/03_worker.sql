@@ -36,7 +36,7 @@ begin
              insert into vectorize.queue (job_id, pk, lane)
              select $3, p.pk::text, ''backfill'' from page p
               where not exists (select 1 from %5$s e
-                                 where e.%1$I = p.pk and e.source_updated_at >= p.version)
+                                 where e.%1$I = p.pk and e.chunk = 0 and e.source_updated_at >= p.version)
              returning 1)
          select (select count(*) from page)::int,
                 (select p.pk::text from page p order by p.pk desc limit 1),
@@ -58,31 +58,35 @@ begin
     return v_seen;
 end $$;
 
--- The current text, version and stored content hash of the given rows. Rows
--- that no longer exist are simply absent from the result.
+-- The current text and version of the given rows, with the content hashes of
+-- their stored chunks in chunk order. Rows that no longer exist are absent.
 create or replace function vectorize.read_rows(p_job_id uuid, p_pks text[])
-returns table (pk text, content text, source_updated_at timestamptz, stored_hash bytea)
+returns table (pk text, content text, source_updated_at timestamptz, stored_hashes bytea[])
 language plpgsql stable as $$
 declare
     j vectorize.job;
 begin
     select * into j from vectorize.job where id = p_job_id;
     return query execute format(
-        'select s.%1$I::text, %2$s, s.%3$I, e.content_hash
+        'select s.%1$I::text, %2$s, s.%3$I,
+                (select array_agg(e.content_hash order by e.chunk) from %5$s e where e.%1$I = s.%1$I)
            from %4$s s
-           left join %5$s e on e.%1$I = s.%1$I
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
         vectorize._embeddings_table(j.job_name), j.pk_type)
     using p_pks;
 end $$;
 
--- Apply one batch that the worker COPYed into pg_temp.vectorize_staging:
---  * rows with an embedding: upsert it, unless a newer version is stored
---    (newest wins when two workers race on the same row), and only while the
---    source row still exists (a delete may have committed since it was read);
---  * rows without one (text unchanged): just record the newer version;
---  * p_gone: keys whose source row was missing when read: drop their embedding.
+-- Apply one batch that the worker COPYed into pg_temp.vectorize_staging_chunks, one
+-- line per chunk of each row (its "chunks" says how many the row has now):
+--  * chunks with an embedding: upsert them, unless a newer version of the row is
+--    stored (newest wins when two workers race on the same row), and only while
+--    the source row still exists (a delete may have committed since it was read);
+--  * chunks without one (their text is unchanged): record the newer version and offsets;
+--  * chunks past the row's new count: dropped (the text got shorter);
+--  * "content" (the whole row's text, on chunk 0 when the row changed) renews the
+--    row's full-text vector, kept on chunk 0;
+--  * p_gone: keys whose source row was missing when read: drop their chunks.
 -- Successfully written keys also leave the failures table.
 create or replace function vectorize.apply_batch(p_job_id uuid, p_gone text[])
 returns int language plpgsql as $$
@@ -93,23 +97,39 @@ declare
 begin
     select * into j from vectorize.job where id = p_job_id;
     v_emb := vectorize._embeddings_table(j.job_name);
+    -- One batch at a time per row, in key order (so two batches cannot deadlock): otherwise a
+    -- batch with an older, longer text could add a chunk beside a newer text's chunks.
+    perform pg_advisory_xact_lock(hashtextextended(p_job_id::text || '/' || k.pk, 0))
+       from (select distinct s.pk from pg_temp.vectorize_staging_chunks s order by 1) k;
     execute format(
-        'insert into %1$s as e (%2$I, embedding, fts, content_hash, source_updated_at, version, updated_at)
-         select s.pk::%3$s, s.embedding, to_tsvector(''english'', s.content), s.content_hash, s.source_updated_at, s.version, now()
-           from pg_temp.vectorize_staging s
+        'insert into %1$s as e (%2$I, chunk, embedding, fts, content_hash, chunk_start, chunk_end,
+                                source_updated_at, version, updated_at)
+         select s.pk::%3$s, s.chunk, s.embedding, to_tsvector(''english'', s.content), s.content_hash,
+                s.chunk_start, s.chunk_end, s.source_updated_at, s.version, now()
+           from pg_temp.vectorize_staging_chunks s
           where s.embedding is not null
             and exists (select 1 from %4$s src where src.%2$I = s.pk::%3$s)
-         on conflict (%2$I) do update
+            and not exists (select 1 from %1$s n where n.%2$I = s.pk::%3$s and n.version > s.version)
+         on conflict (%2$I, chunk) do update
             set embedding = excluded.embedding, fts = excluded.fts, content_hash = excluded.content_hash,
+                chunk_start = excluded.chunk_start, chunk_end = excluded.chunk_end,
                 source_updated_at = excluded.source_updated_at, version = excluded.version, updated_at = now()
           where e.version <= excluded.version',
         v_emb, j.primary_key, j.pk_type, vectorize._source(j));
     get diagnostics v_written = row_count;
     execute format(
         'update %1$s e
-            set source_updated_at = s.source_updated_at, version = s.version
-           from pg_temp.vectorize_staging s
-          where s.embedding is null and e.%2$I = s.pk::%3$s and e.version < s.version',
+            set source_updated_at = s.source_updated_at, version = s.version,
+                chunk_start = s.chunk_start, chunk_end = s.chunk_end,
+                fts = case when s.content is null then e.fts else to_tsvector(''english'', s.content) end
+           from pg_temp.vectorize_staging_chunks s
+          where s.embedding is null and e.%2$I = s.pk::%3$s and e.chunk = s.chunk and e.version < s.version',
+        v_emb, j.primary_key, j.pk_type);
+    execute format(
+        'delete from %1$s e
+          using (select s.pk, max(s.chunks) as chunks, max(s.version) as version
+                   from pg_temp.vectorize_staging_chunks s group by s.pk) s
+          where e.%2$I = s.pk::%3$s and e.chunk >= s.chunks and e.version <= s.version',
         v_emb, j.primary_key, j.pk_type);
     if cardinality(p_gone) > 0 then
         execute format(
@@ -121,6 +141,6 @@ begin
     end if;
     delete from vectorize.failure f
      where f.job_id = p_job_id
-       and (f.pk in (select s.pk from pg_temp.vectorize_staging s) or f.pk = any(p_gone));
+       and (f.pk in (select s.pk from pg_temp.vectorize_staging_chunks s) or f.pk = any(p_gone));
     return v_written;
 end $$;

@@ -60,7 +60,8 @@ begin
     return array_to_string(v_parts, ' and ');
 end $$;
 
--- Nearest rows by vector, fused with full-text matches of the query text:
+-- Nearest rows by vector (each row by its best chunk, returned as "chunk" with its
+-- text and offsets), fused with full-text matches of the query text:
 -- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
 -- a missing rank contributing nothing. Without query text it is a pure vector search.
 create or replace function vectorize.search(
@@ -75,7 +76,11 @@ create or replace function vectorize.search(
 returns setof jsonb language plpgsql as $$
 declare
     j vectorize.job := vectorize._job_by_name(p_job_name);
-    v_filter text;
+    v_filter  text;
+    v_chunked boolean;
+    v_chunks  int;
+    v_rows    int;
+    v_seen    int;
 begin
     if p_num_results is null or p_num_results < 1 then
         perform vectorize._fail('VZ400', 'num_results must be a positive integer');
@@ -100,31 +105,60 @@ begin
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
     -- A query of only stop words is fine here; keep PostgreSQL's NOTICE about it off the client.
     perform set_config('client_min_messages', 'warning', true);
+    v_chunks := p_num_results;
+    execute format('select exists (select 1 from %s where chunk > 0)', vectorize._embeddings_table(j.job_name)) into v_chunked;
+    if v_chunked then
+        -- Rows rank by their best chunk, each row once: look at enough nearest chunks to
+        -- find num_results distinct rows (or all there are).
+        v_chunks := p_num_results * 4;
+        loop
+            execute format(
+                'select count(distinct h.pk), count(*)
+                   from (select e.%3$I as pk from %1$s e join %2$s s on s.%3$I = e.%3$I
+                          where %4$s order by e.embedding <=> $1 limit $2) h',
+                vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter)
+              into v_rows, v_seen using p_query_embedding, v_chunks;
+            exit when v_rows >= p_num_results or v_seen < v_chunks or v_chunks >= 1000000;
+            v_chunks := v_chunks * 4;
+        end loop;
+    end if;
     return query execute format(
-        'with semantic as (
-             select e.%3$I as pk, 1 - (e.embedding <=> $1) as similarity,
-                    row_number() over (order by e.embedding <=> $1) as rank
-               from (select e.* from %1$s e join %2$s s on s.%3$I = e.%3$I
-                      where %4$s order by e.embedding <=> $1 limit $2) e),
+        'with hits as (
+             select e.%3$I as pk, e.embedding <=> $1 as distance
+               from %1$s e join %2$s s on s.%3$I = e.%3$I
+              where %4$s order by e.embedding <=> $1 limit $7),
+         semantic as (
+             select b.pk, row_number() over (order by b.distance) as rank
+               from (select distinct on (h.pk) h.pk, h.distance from hits h order by h.pk, h.distance) b
+              order by b.distance limit $2),
          fts as (
              select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
                from %1$s e join %2$s s on s.%3$I = e.%3$I,
                     websearch_to_tsquery(''english'', coalesce($3, '''')) q
-              where $3 is not null and e.fts @@ q and %4$s
+              where $3 is not null and e.chunk = 0 and e.fts @@ q and %4$s
               order by ts_rank_cd(e.fts, q) desc, e.%3$I
               limit $2),
          fused as (
              select coalesce(se.pk, f.pk) as pk, se.rank as semantic_rank, f.rank as fts_rank,
                     coalesce($4 / ($6 + se.rank), 0) + coalesce($5 / ($6 + f.rank), 0) as rrf_score
-               from semantic se full join fts f on f.pk = se.pk)
+               from semantic se full join fts f on f.pk = se.pk),
+         best as (
+             select distinct on (e.%3$I) e.%3$I as pk, e.chunk, e.chunk_start, e.chunk_end, e.embedding <=> $1 as distance
+               from %1$s e join fused fu on fu.pk = e.%3$I
+              order by e.%3$I, e.embedding <=> $1)
          select to_jsonb(s) || jsonb_build_object(
-                    ''similarity_score'', 1 - (e.embedding <=> $1),
-                    ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score)
+                    ''similarity_score'', 1 - b.distance,
+                    ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score,
+                    ''chunk'', jsonb_build_object(
+                        ''index'', b.chunk, ''start'', coalesce(b.chunk_start, 0), ''end'', coalesce(b.chunk_end, length(t.content)),
+                        ''text'', substr(t.content, coalesce(b.chunk_start, 0) + 1,
+                                         coalesce(b.chunk_end, length(t.content)) - coalesce(b.chunk_start, 0))))
            from fused fu
            join %2$s s on s.%3$I = fu.pk
-           join %1$s e on e.%3$I = fu.pk
-          order by fu.rrf_score desc, e.embedding <=> $1
+           join best b on b.pk = fu.pk
+           cross join lateral (select %5$s as content) t
+          order by fu.rrf_score desc, b.distance
           limit $2',
-        vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter)
-    using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k;
+        vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j))
+    using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks;
 end $$;

@@ -14,8 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
+from .encoder import TokenCounter
 from .errors import EmbedderUnavailable
-from .registry import ModelManifest, load_encoder, load_manifests
+from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir
 from .remote import DEFAULT_BASE_URL, PREFIX, OpenAIEmbedder, RemoteEmbeddingError
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Embedder(Protocol):
+    #: The most tokens one text may have (the model's window), as ``counter`` counts them.
+    max_tokens: int
+    #: Where the tokens of a text are, to plan chunks (None: count words).
+    counter: TokenCounter | None
+
     def embed(self, texts: list[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray: ...
 
 
@@ -57,8 +63,19 @@ class ModelCatalog:
         for model in openai_models:
             name = model if model.startswith(PREFIX) else PREFIX + model
             self.remote[name] = OpenAIEmbedder(name, api_key=openai_api_key, base_url=openai_base_url)
+            self.remote[name].counter = self._default_counter()
             self._embedders[name] = self.remote[name]
         self._lock = threading.Lock()
+
+    def _default_counter(self) -> TokenCounter | None:
+        """The default model's tokenizer, which counts tokens for remote models' chunks (their own
+        tokenizers are not at hand); None, and words are counted, if its files are not installed."""
+        manifest = self.manifests.get(DEFAULT_MODEL)
+        try:
+            path = source_dir(manifest) / "tokenizer.json" if manifest else None
+        except ModelUnavailable:
+            return None
+        return TokenCounter(path) if path is not None and path.exists() else None
 
     def local_models(self) -> list[ModelInfo]:
         return [ModelInfo(m.name, m.dimension, m.max_tokens, "onnx", m.precision) for m in self.manifests.values()]

@@ -51,6 +51,20 @@ def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
+class TokenCounter:
+    """The model's own tokenizer, untruncated: where each token of a text is, to plan chunks."""
+
+    def __init__(self, tokenizer_path: Path) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Each text's tokens as character spans, without the special tokens."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [list(e.offsets) for e in encodings]
+
+
 def make_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -128,6 +142,7 @@ class Encoder:
         self.max_tokens = max_tokens
         self.token_budget = token_budget
         self.tokenizer = load_tokenizer(tokenizer_path, max_tokens)
+        self.counter = TokenCounter(tokenizer_path)
         threads = threads or os.cpu_count() or 1
         # Small GEMMs scale badly across threads, so by default every core gets a
         # single-threaded session of its own and batches run side by side on them.

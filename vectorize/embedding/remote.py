@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .encoder import TokenCounter
 from .errors import EmbedderUnavailable, EmbeddingAborted
 
 PREFIX = "openai/"
@@ -27,6 +28,10 @@ REQUEST_BATCH = 256
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 #: Answers that no text could change (wrong key, wrong URL or model name): the job waits.
 CONFIGURATION_STATUSES = {401, 403, 404}
+#: Chunk size for remote models, in the counter's tokens: well inside every common embedding
+#: model's window (OpenAI's take 8191), and the counter (WordPiece) counts more tokens than
+#: most servers' tokenizers do for the same text.
+DEFAULT_MAX_TOKENS = 512
 #: A Retry-After longer than this is not slept through here: the worker pauses the job
 #: instead, so the call returns and the worker's other jobs keep their turn.
 MAX_INLINE_WAIT = 5.0
@@ -64,6 +69,10 @@ class OpenAIEmbedder:
         self._sleep = sleep
         self.dimension: int | None = None
         self.failure_hook = None
+        #: Tokens per chunk of a long text, as ``counter`` counts them (the catalog sets both:
+        #: the local default model's tokenizer; None counts words).
+        self.max_tokens = DEFAULT_MAX_TOKENS
+        self.counter: TokenCounter | None = None
 
     def embed(self, texts: Sequence[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray:
         """``priority`` is accepted for the Embedder protocol; a remote server has no local CPU to share."""
