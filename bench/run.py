@@ -27,6 +27,7 @@ import tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import load_texts
+from bench.long_documents import long_document_benchmarks, print_rows
 from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.registry import load_encoder, load_manifests, source_dir
@@ -232,6 +233,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--skip-st", action="store_true", help="no sentence-transformers comparison")
     parser.add_argument("--batch-size", type=int, help="worker batch size (default: the worker's own)")
+    parser.add_argument("--long-copies", type=int, default=10, help="copies of the 100 man pages to backfill (default 10)")
     args = parser.parse_args()
 
     manifests = load_manifests(MODELS_DIR)
@@ -262,6 +264,7 @@ def main() -> None:
     _, int8_all = engine_round(int8, bodies)
     overlap = top_k_overlap(fp32_all, int8_all, 10)
     db = database_benchmarks(backfill_texts, args.updates, args.batch_size)
+    long_docs = long_document_benchmarks(args.long_copies)
     # The engine is timed before and after the backfill; the mean evens out the machine's drift.
     engine_after, _ = engine_round(encoder, bodies)
     engine_on_backfill = (engine_before + engine_after) / 2
@@ -294,6 +297,8 @@ def main() -> None:
     row(f"backfill end to end, {args.backfill_rows} rows, rows/s", f"{db['backfill_tps']:.1f}", "")
     row(f"engine texts/s on the same {args.backfill_rows} texts, before/after", f"{engine_before:.0f}/{engine_after:.0f}", "")
     row("backfill vs engine texts/s", f"{db['backfill_tps'] / engine_on_backfill:.2f}", ">= 0.90")
+    short_tokens = sum(len(offsets) for offsets in encoder.counter.offsets(bodies))
+    row(f"backfill of those {args.backfill_rows} short rows, tokens/s", f"{short_tokens / db['backfill_wall_s']:.0f}", "")
     cores = os.cpu_count() or 1
     row(
         "backfill CPU: worker / PostgreSQL, % of all cores",
@@ -310,6 +315,7 @@ def main() -> None:
         "p95<=1000 p99<=2000",
     )
     row("that backfill's rows/s meanwhile vs alone", f"{db['busy_backfill_tps']:.1f} / {db['backfill_tps']:.1f}", "")
+    print_rows(long_docs, row)
     if not db["busy_still_backfilling"]:
         print("* the backfill ended before the updates did: part of them ran on an idle worker")
 

@@ -45,7 +45,7 @@ on conflict (name) do update
 -- name: create_job
 select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_columns)s,
                             %(primary_key)s, %(update_time_col)s, %(model)s,
-                            %(chunking)s, %(chunk_tokens)s, %(chunk_overlap)s) as id;
+                            %(chunking)s, %(chunk_tokens)s::int, %(chunk_overlap)s::int) as id;
 
 -- name: delete_job
 delete from vectorize.job where job_name = %(job_name)s returning id;

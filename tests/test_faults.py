@@ -164,6 +164,8 @@ def test_sigterm_is_graceful_and_a_second_signal_is_immediate(db_url: str) -> No
         create_job(conn, job_name="docs", src_table="docs", src_columns=["body"], primary_key="id")
         env = {**os.environ, "DATABASE_URL": db_url}
         count = "select count(*) from vectorize._embeddings_docs"
+        # Small batches, so that the worker surely has a batch in flight when the signals come.
+        env["VECTORIZE_BACKFILL_BATCH_SIZE"] = "64"
         for signals, want_code, within in ((1, 0, 10.0), (2, 1, 2.0)):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "vectorize", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -204,7 +206,11 @@ async def test_odd_rows_and_column_types(conn, start_worker, catalog) -> None:
         (repeat('long text ', 100000), 1, 1, '1', '{}')""")
     create_job(conn, job_name="odd", src_table="odd", src_columns=["title", "n", "price", "meta", "tags"], primary_key="id")
     start_worker()
-    await wait_until(lambda: embedding_count(conn, "odd") == 5 and queue_depth(conn) == 0, timeout=60)
+    rows_embedded = "select count(distinct id) as n from vectorize._embeddings_odd"
+    await wait_until(lambda: conn.execute(rows_embedded).fetchone()["n"] == 5 and queue_depth(conn) == 0, timeout=60)
+    # The 1 MB row is chunked all the way through (its repeated text embedded once per distinct chunk).
+    long_row = "select count(*) as n from vectorize._embeddings_odd e join odd o using (id) where o.n = 1"
+    assert conn.execute(long_row).fetchone()["n"] > 500
     row = conn.execute("select id from odd where n = 7").fetchone()
     want = vector_of(catalog, 'title: 🚲 bike 🚀 rocket n: 7 price: 12.50 meta: {"a": [1, 2]} tags: {red,blue}')
     got = conn.execute("select embedding from vectorize._embeddings_odd where id = %s", (row["id"],)).fetchone()["embedding"]

@@ -66,6 +66,8 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
         nullable = default is None
         if not (value is None and nullable) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
+        if kind is int and value is not None and not -(2**31) <= value < 2**31:
+            raise UserError(400, f"{field} {value} is out of range")
         definition[field] = value
     return definition
 

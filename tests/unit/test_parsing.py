@@ -41,10 +41,13 @@ def test_job_definition_shape() -> None:
         "update_time_col": "u",
         "model": "m",
     }
-    assert parse_job_definition(body) == body
+    assert parse_job_definition(body) == {**body, "chunking": True, "chunk_tokens": None, "chunk_overlap": 32}
+    assert parse_job_definition({**body, "chunk_tokens": 128})["chunk_tokens"] == 128
     with pytest.raises(UserError, match="unknown field 'extra'"):
         parse_job_definition({**body, "extra": 1})
     with pytest.raises(UserError, match="src_columns must be an array of strings"):
         parse_job_definition({**body, "src_columns": [1]})
+    with pytest.raises(UserError, match="chunk_overlap must be an integer, got bool"):
+        parse_job_definition({**body, "chunk_overlap": True})
     with pytest.raises(UserError, match="NUL"):
         parse_job_definition({**body, "job_name": "a\x00b"})
