@@ -30,6 +30,7 @@ from bench.corpus import load_texts
 from bench.long_documents import long_document_benchmarks, print_rows
 from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
+from vectorize.embedding.chunking import split_texts
 from vectorize.embedding.registry import load_encoder, load_manifests, source_dir
 from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
@@ -184,7 +185,7 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
                 (MODEL,),
             )
             wait(
-                lambda: conn.execute("select count(*) from vectorize._embeddings_packages").fetchone()[0] == len(texts),
+                lambda: conn.execute("select count(distinct id) from vectorize._embeddings_packages").fetchone()[0] == len(texts),
                 3600,
                 0.05,
             )
@@ -209,7 +210,7 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
                 " values ('packages_again', 'packages_again', 'public', '{body}', 'id', 'updated_at', %s)",
                 (MODEL,),
             )
-            count = "select count(*) from vectorize._embeddings_packages_again"
+            count = "select count(distinct id) from vectorize._embeddings_packages_again"
             wait(lambda: conn.execute(count).fetchone()[0] > 0, 120)
             started, embedded = time.perf_counter(), conn.execute(count).fetchone()[0]
             latencies = update_latencies(conn, updates, "during a backfill", poll=0.01)
@@ -258,15 +259,20 @@ def main() -> None:
                 ratios.append(engine_tps[-1] / st_tps[-1])
                 int8_ratios.append(int8_tps[-1] / st_tps[-1])
     backfill_texts = load_texts(args.backfill_rows)
-    # The backfill embeds "body: <text>"; the engine is timed on exactly those texts for the ratio.
+    # The backfill embeds "body: <text>", cut into chunks where it is longer than the model's
+    # window; the engine is timed on exactly those chunk texts for the ratio.
     bodies = ["body: " + t for t in backfill_texts]
-    engine_before, fp32_all = engine_round(encoder, bodies)
+    chunk_texts = [
+        body[a:b] for body, spans in zip(bodies, split_texts(bodies, encoder.counter, 254, 32), strict=True) for a, b in spans
+    ]
+    engine_before, _ = engine_round(encoder, chunk_texts)
+    _, fp32_all = engine_round(encoder, bodies)
     _, int8_all = engine_round(int8, bodies)
     overlap = top_k_overlap(fp32_all, int8_all, 10)
     db = database_benchmarks(backfill_texts, args.updates, args.batch_size)
     long_docs = long_document_benchmarks(args.long_copies)
     # The engine is timed before and after the backfill; the mean evens out the machine's drift.
-    engine_after, _ = engine_round(encoder, bodies)
+    engine_after, _ = engine_round(encoder, chunk_texts)
     engine_on_backfill = (engine_before + engine_after) / 2
     engine_med = statistics.median(engine_tps)
 
@@ -294,9 +300,10 @@ def main() -> None:
         row("int8 speed vs sentence-transformers (median ratio)", f"{statistics.median(int8_ratios):.2f}x", ">= 2.8x")
         row("int8 cosine to sentence-transformers min / mean", f"{cos8.min():.4f} / {cos8.mean():.4f}", ">= 0.98 / 0.995")
     row(f"int8 top-10 neighbour overlap with fp32, {args.backfill_rows} texts", f"{overlap:.3f}", ">= 0.9")
-    row(f"backfill end to end, {args.backfill_rows} rows, rows/s", f"{db['backfill_tps']:.1f}", "")
-    row(f"engine texts/s on the same {args.backfill_rows} texts, before/after", f"{engine_before:.0f}/{engine_after:.0f}", "")
-    row("backfill vs engine texts/s", f"{db['backfill_tps'] / engine_on_backfill:.2f}", ">= 0.90")
+    backfill_chunks = len(chunk_texts) / db["backfill_wall_s"]
+    row(f"backfill end to end, {args.backfill_rows} rows ({len(chunk_texts)} chunks), rows/s", f"{db['backfill_tps']:.1f}", "")
+    row("engine texts/s on the same chunk texts, before/after", f"{engine_before:.0f}/{engine_after:.0f}", "")
+    row("backfill vs engine, chunks/s", f"{backfill_chunks / engine_on_backfill:.2f}", ">= 0.90")
     short_tokens = sum(len(offsets) for offsets in encoder.counter.offsets(bodies))
     row(f"backfill of those {args.backfill_rows} short rows, tokens/s", f"{short_tokens / db['backfill_wall_s']:.0f}", "")
     cores = os.cpu_count() or 1

@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,34 @@ def test_search_survives_any_query_string(live_api: str, params) -> None:
         assert isinstance(answer, dict) and isinstance(answer.get("error"), str)
     else:
         assert isinstance(answer, list)
+
+
+PASTED = [
+    "| | ------ | Readonly properties defined here: | | mean | Arithmetic mean.",
+    "!!! & | <-> :* ( ) ' \"",
+    '"unbalanced quote',
+    "the of and a to",  # only stop words
+    "def f(x):\n    return x | y & !z  # code\x07\x1b",
+    "lorem ipsum | " * 2000,  # ~28 kB pasted
+]
+
+
+@pytest.mark.parametrize("text", PASTED)
+def test_any_pasted_text_is_a_valid_query(live_api: str, live_db_url: str, text: str) -> None:
+    status, answer = request(live_api, "GET", "/api/v1/search?" + urllib.parse.urlencode({"job_name": "my_job", "query": text}))
+    assert status == 200 and len(answer) == 10, answer
+    body = json.dumps({"job_name": "my_job", "query": text}).encode()
+    status, answer = request(live_api, "POST", "/api/v1/search", body)
+    assert status == 200 and len(answer) == 10, answer
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=300))
+def test_the_full_text_half_accepts_any_text(live_db_url: str, text: str) -> None:
+    """vectorize.search() from SQL, with any unicode query text: results, never an error."""
+    with psycopg.connect(live_db_url) as conn:
+        rows = conn.execute(
+            "select * from vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1), 5, '{}', %s)",
+            (text,),
+        ).fetchall()
+    assert len(rows) == 5

@@ -45,6 +45,9 @@ PIPELINE_DEPTH = 2
 
 #: [CLS] and [SEP]: the tokens a BERT-family model adds to every text, inside its window.
 SPECIAL_TOKENS = 2
+#: Characters of row text read into one batch per chunk of its budget: a full 256-token chunk
+#: of English is about 1,000 characters, so long documents are cut to a batch's worth.
+CHARS_PER_CHUNK = 1024
 
 
 @dataclass
@@ -247,7 +250,7 @@ class Worker:
         whose it is: the embedder's pauses the job, a row's is found and charged to that row."""
         result = await self._run_batch(job, lane, limit, only_ids)
         if result.failure is None:
-            if job.pause_count:
+            if job.pause_count and result.claimed:  # the probe went through: the embedder is back
                 await self.manager.resume_job(job.id)
                 log.info("event=embedder_recovered job=%s model=%s", job.job_name, job.model)
                 job.pause_count = 0
@@ -319,6 +322,14 @@ class Worker:
         batch.done.update(batch.gone)
         if not rows:
             return batch
+        # Only as much text as ``budget`` chunks can hold is tokenised and planned (a claim of
+        # long documents would otherwise hold all of their tokens in memory at once); the rest
+        # stays queued for the next batch.
+        size, kept = 0, 0
+        while kept < len(rows) and (kept == 0 or size + len(rows[kept].content) <= budget * CHARS_PER_CHUNK):
+            size += len(rows[kept].content)
+            kept += 1
+        rows = rows[:kept]
         embedder = await asyncio.to_thread(self.catalog.get, job.model)
         spans = await asyncio.to_thread(self._chunk_spans, embedder, job, [r.content for r in rows])
         wanted: list[str | None] = []  # per line: the text to embed, or None when unchanged

@@ -60,6 +60,34 @@ begin
     return array_to_string(v_parts, ' and ');
 end $$;
 
+-- The full-text half of a search, for any text a user can type or paste: web-search syntax
+-- ("quoted phrases", -exclusions, or) when it parses; else the text's words alone, every
+-- operator, quote and punctuation mark dropped; else none (the semantic half still answers).
+-- Only the first 4000 characters count: a long pasted text matches by its words anyway.
+create or replace function vectorize._text_query(p_text text) returns tsquery
+language plpgsql stable as $$
+declare
+    v_query tsquery;
+begin
+    if p_text is null or p_text = '' then
+        return null;
+    end if;
+    begin
+        v_query := websearch_to_tsquery('english', left(p_text, 4000));
+        perform to_tsvector('') @@ v_query;  -- some queries parse but cannot be evaluated
+        return v_query;
+    exception when others then
+        null;
+    end;
+    begin
+        v_query := plainto_tsquery('english', regexp_replace(left(p_text, 4000), '[^[:alnum:]]+', ' ', 'g'));
+        perform to_tsvector('') @@ v_query;
+        return v_query;
+    exception when others then
+        return null;
+    end;
+end $$;
+
 -- Nearest rows by vector (each row by its best chunk, returned as "chunk" with its
 -- text and offsets), fused with full-text matches of the query text:
 -- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
@@ -133,8 +161,7 @@ begin
               order by b.distance limit $2),
          fts as (
              select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
-               from %1$s e join %2$s s on s.%3$I = e.%3$I,
-                    websearch_to_tsquery(''english'', coalesce($3, '''')) q
+               from %1$s e join %2$s s on s.%3$I = e.%3$I, (select $3::tsquery as q) text_query
               where $3 is not null and e.chunk = 0 and e.fts @@ q and %4$s
               order by ts_rank_cd(e.fts, q) desc, e.%3$I
               limit $2),
@@ -160,5 +187,5 @@ begin
           order by fu.rrf_score desc, b.distance
           limit $2',
         vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j))
-    using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks;
+    using p_query_embedding, p_num_results, vectorize._text_query(p_query_text), p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks;
 end $$;
