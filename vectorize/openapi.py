@@ -32,6 +32,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _typed(*, nullable: bool = False, **kinds: str) -> dict[str, Any]:
+    """Properties that are just a JSON type each (and may be null, if ``nullable``)."""
+    return {name: {"type": kind, "nullable": True} if nullable else {"type": kind} for name, kind in kinds.items()}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -138,63 +143,56 @@ SPEC: dict[str, Any] = {
                     "chunk": {
                         "type": "object",
                         "description": "the passage of the row's text that matched best, with its character offsets",
-                        "properties": {
-                            "index": {"type": "integer"},
-                            "start": {"type": "integer"},
-                            "end": {"type": "integer"},
-                            "text": {"type": "string"},
-                        },
+                        "properties": _typed(index="integer", start="integer", end="integer", text="string"),
                     },
-                    "similarity_score": {"type": "number"},
-                    "semantic_rank": {"type": "integer", "nullable": True},
-                    "fts_rank": {"type": "integer", "nullable": True},
-                    "rrf_score": {"type": "number"},
+                    **_typed(similarity_score="number", rrf_score="number"),
+                    **_typed(nullable=True, semantic_rank="integer", fts_rank="integer"),
                 },
             },
             "JobStatus": {
                 "type": "object",
                 "required": ["job_name", "id", "status", "embedded_rows", "pending", "failed_rows", "backfill_done"],
                 "properties": {
-                    "job_name": {"type": "string"},
+                    **_typed(
+                        job_name="string",
+                        src_schema="string",
+                        src_table="string",
+                        primary_key="string",
+                        update_time_col="string",
+                        model="string",
+                        chunking="boolean",
+                        chunk_overlap="integer",
+                        pending="integer",
+                        pending_live="integer",
+                        pending_backfill="integer",
+                        failed_rows="integer",
+                        rate_per_second="number",
+                        backfill_done="boolean",
+                        created_at="string",
+                    ),
+                    **_typed(
+                        nullable=True,
+                        chunk_tokens="integer",
+                        status_message="string",
+                        waiting_reason="string",
+                        waiting_until="string",
+                        oldest_live_seconds="number",
+                        oldest_backfill_seconds="number",
+                        source_rows="integer",
+                        source_rows_estimated="boolean",
+                        embedded_rows="integer",
+                        backfilled_at="string",
+                        last_activity="string",
+                    ),
                     "id": {"type": "string", "format": "uuid"},
-                    "src_schema": {"type": "string"},
-                    "src_table": {"type": "string"},
                     "src_columns": {"type": "array", "items": {"type": "string"}},
-                    "primary_key": {"type": "string"},
-                    "update_time_col": {"type": "string"},
-                    "model": {"type": "string"},
-                    "chunking": {"type": "boolean"},
-                    "chunk_tokens": {"type": "integer", "nullable": True},
-                    "chunk_overlap": {"type": "integer"},
                     "status": {"type": "string", "enum": ["active", "failed"]},
-                    "status_message": {"type": "string", "nullable": True},
                     "sync_state": {"type": "string", "enum": ["live", "backfilling", "waiting_for_embedder", "failed"]},
-                    "waiting_reason": {"type": "string", "nullable": True},
-                    "waiting_until": {"type": "string", "nullable": True},
-                    "pending_live": {"type": "integer"},
-                    "pending_backfill": {"type": "integer"},
-                    "oldest_live_seconds": {"type": "number", "nullable": True},
-                    "oldest_backfill_seconds": {"type": "number", "nullable": True},
-                    "source_rows": {"type": "integer", "nullable": True},
-                    "source_rows_estimated": {"type": "boolean", "nullable": True},
-                    "embedded_rows": {"type": "integer", "nullable": True},
-                    "pending": {"type": "integer"},
-                    "failed_rows": {"type": "integer"},
-                    "rate_per_second": {"type": "number"},
-                    "backfill_done": {"type": "boolean"},
-                    "backfilled_at": {"type": "string", "nullable": True},
-                    "last_activity": {"type": "string", "nullable": True},
-                    "created_at": {"type": "string"},
                     "last_errors": {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "properties": {
-                                "pk": {"type": "string"},
-                                "attempts": {"type": "integer"},
-                                "error": {"type": "string"},
-                                "failed_at": {"type": "string"},
-                            },
+                            "properties": _typed(pk="string", attempts="integer", error="string", failed_at="string"),
                         },
                     },
                 },
