@@ -46,10 +46,10 @@ class Settings:
     api_token: str | None = _setting(None, "require 'Authorization: Bearer <token>' on the API (all but /health/live)")
     # Live changes are claimed in small batches: a change of another job waits behind at
     # most one of them. Inference itself is shared by priority (embedding/encoder.py).
-    batch_size: int = _setting(64, "rows per live-change batch (changes captured by the triggers)")
+    batch_size: int = _setting(64, "rows (chunks, for long rows) per live-change batch")
     # Sorting 512 texts by length instead of 256 wastes less padding (backfill 0.88 -> 0.95
     # of the engine's rate). Live changes never wait behind these: they are a lane of their own.
-    backfill_batch_size: int = _setting(512, "rows per backfill batch")
+    backfill_batch_size: int = _setting(512, "rows (chunks, for long rows) per backfill batch")
     poll_interval: float = _setting(5.0, "seconds between fallback polls when no notification arrives")
     threads: int | None = _setting(None, "inference threads (default: all cores)")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING")
