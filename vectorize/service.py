@@ -7,6 +7,7 @@ flight, close connections, exit 0. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -77,7 +78,8 @@ async def publish_when_reachable(settings: Settings, catalog: ModelCatalog, name
     delay = 1.0
     waiting = list(names)
     while waiting and not stop.is_set():
-        await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
         for name in list(waiting):
             try:
                 info = await asyncio.to_thread(catalog.probe_remote, name)
