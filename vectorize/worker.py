@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,8 @@ PIPELINE_DEPTH = 2
 
 #: [CLS] and [SEP]: the tokens a BERT-family model adds to every text, inside its window.
 SPECIAL_TOKENS = 2
+#: How far a batch may go past its chunk budget to take every row it claimed.
+BUDGET_SLACK = 1.25
 #: Characters of row text read into one batch per chunk of its budget: a full 256-token chunk
 #: of English is about 1,000 characters, so long documents are cut to a batch's worth.
 CHARS_PER_CHUNK = 1024
@@ -234,7 +237,10 @@ class Worker:
             handled = await self.process_batch(job, lane, self.settings.backfill_batch_size)
             if handled or not job.scan_active or job.paused_for:
                 return handled
-            seen = await self.manager.scan_step(job.id, self.settings.backfill_batch_size * PIPELINE_DEPTH)
+            # A page fills the batches in flight exactly: a remainder would make a small batch.
+            seen = await self.manager.scan_step(
+                job.id, self._claim_limit(job, self.settings.backfill_batch_size) * PIPELINE_DEPTH
+            )
             if seen == SCAN_NONE:
                 job.scan_active = False
             return max(seen, 0) if seen != SCAN_BUSY else 0
@@ -309,8 +315,9 @@ class Worker:
         return result
 
     def _claim_limit(self, job: JobWork, chunks: int) -> int:
-        """Rows to claim for about ``chunks`` chunks, from the job's recent chunks per row."""
-        return max(1, round(chunks / max(self._chunks_per_row.get(job.id, 1.0), 1.0)))
+        """Rows to claim for about ``chunks`` chunks, from the job's recent chunks per row (a little
+        generous: the budget has slack, and rows left over would make a small batch of their own)."""
+        return max(1, min(chunks, math.ceil(1.1 * chunks / max(self._chunks_per_row.get(job.id, 1.0), 1.0))))
 
     async def _embed(self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed], budget: int) -> Prepared:
         """Read the claimed rows' current text, cut each into chunks, and embed the chunks whose
@@ -326,7 +333,7 @@ class Worker:
         # long documents would otherwise hold all of their tokens in memory at once); the rest
         # stays queued for the next batch.
         size, kept = 0, 0
-        while kept < len(rows) and (kept == 0 or size + len(rows[kept].content) <= budget * CHARS_PER_CHUNK):
+        while kept < len(rows) and (kept == 0 or size + len(rows[kept].content) <= budget * BUDGET_SLACK * CHARS_PER_CHUNK):
             size += len(rows[kept].content)
             kept += 1
         rows = rows[:kept]
@@ -339,7 +346,7 @@ class Worker:
             stored = row.stored_hashes or []
             fresh = [k >= len(stored) or stored[k] != h for k, h in enumerate(hashes)]
             new = {t for t, f in zip(texts, fresh, strict=True) if f} - batch.texts
-            if new and batch.texts and len(batch.texts) + len(new) > budget:
+            if new and batch.texts and len(batch.texts) + len(new) > budget * BUDGET_SLACK:
                 continue  # left for the next batch: its queue items stay
             batch.done.add(row.pk)
             batch.texts |= new
