@@ -54,7 +54,7 @@ delete from vectorize.job where job_name = %(job_name)s returning id;
 -- One row per active job with what each lane could do now. Each EXISTS walks
 -- queue_job_lane_idx from the job's oldest item, so this stays cheap with
 -- millions of items queued; the worker runs it once per scheduling round.
-select j.id, j.job_name, j.model, j.dimension, j.scan_active, j.pause_count,
+select j.id, j.job_name, j.model, j.scan_active, j.pause_count,
        j.chunking, j.chunk_tokens, j.chunk_overlap,
        greatest(extract(epoch from j.paused_until - clock_timestamp()), 0)::float8 as paused_for,
        exists (select 1 from vectorize.queue q

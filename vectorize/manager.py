@@ -25,7 +25,6 @@ class JobWork:
     id: Any
     job_name: str
     model: str
-    dimension: int
     scan_active: bool
     pause_count: int
     chunking: bool

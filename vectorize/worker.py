@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -203,7 +203,7 @@ class Worker:
                     sitting_out.clear()
                     await _wait_any(stop, wake, self._idle_wait(jobs, lane))
                     continue
-                done = await _wait_first(set(in_flight), stop, wake)
+                done = await _wait_any(stop, wake, None, in_flight)
                 for task in done:
                     job_id, epoch = in_flight.pop(task)
                     progress = task.result()
@@ -440,27 +440,18 @@ async def _settle(tasks: set[asyncio.Task[int]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait_first(tasks: set[asyncio.Task[int]], stop: asyncio.Event | None, wake: asyncio.Event) -> set[asyncio.Task[int]]:
-    """Wait until a batch finishes, a notification arrives or ``stop`` is set; returns the finished batches."""
-    signals = [asyncio.ensure_future(wake.wait())]
-    if stop is not None:
-        signals.append(asyncio.ensure_future(stop.wait()))
+async def _wait_any(
+    stop: asyncio.Event | None, wake: asyncio.Event | None, timeout: float | None, tasks: Collection[asyncio.Task[int]] = ()
+) -> set[asyncio.Task[int]]:
+    """Sleep until ``stop`` or ``wake`` is set, one of ``tasks`` finishes, or ``timeout`` seconds
+    pass (None: no limit); returns the tasks that have finished."""
+    signals = [asyncio.ensure_future(e.wait()) for e in (stop, wake) if e is not None]
+    if not signals and not tasks:
+        await asyncio.sleep(timeout or 0)
+        return set()
     try:
-        await asyncio.wait([*tasks, *signals], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*tasks, *signals], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for s in signals:
-            s.cancel()
+        for signal in signals:
+            signal.cancel()
     return {t for t in tasks if t.done()}
-
-
-async def _wait_any(stop: asyncio.Event | None, wake: asyncio.Event | None, timeout: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``timeout`` seconds pass."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, wake) if e is not None]
-    if not waiters:
-        await asyncio.sleep(timeout)
-        return
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
