@@ -57,6 +57,7 @@ delete from vectorize.job where job_name = %(job_name)s returning id;
 select j.id, j.job_name, j.model, j.scan_active, j.pause_count,
        j.chunking, j.chunk_tokens, j.chunk_overlap,
        greatest(extract(epoch from j.paused_until - clock_timestamp()), 0)::float8 as paused_for,
+       exists (select 1 from vectorize.generation g where g.job_id = j.id and g.state = 'building') as building,
        exists (select 1 from vectorize.queue q
                 where q.job_id = j.id and q.lane = 'live'
                   and (q.not_before is null or q.not_before <= now())) as live_ready,
@@ -106,8 +107,11 @@ select pk, max(id) as version, array_agg(id) as ids
            for update skip locked) claimed
  group by pk;
 
+-- name: job_generations
+select generation, model, chunking, chunk_tokens, chunk_overlap, serving from vectorize.job_generations(%(job_id)s);
+
 -- name: read_rows
-select pk, content, source_updated_at, stored_hashes from vectorize.read_rows(%(job_id)s, %(pks)s);
+select pk, content, source_updated_at, stored_hashes from vectorize.read_rows(%(job_id)s, %(generation)s, %(pks)s);
 
 -- name: create_staging
 -- One line per chunk of each row of a batch (see vectorize.apply_batch).
@@ -124,13 +128,44 @@ create temp table if not exists vectorize_staging_chunks (
     version           bigint not null
 ) on commit delete rows;
 
+-- name: clear_staging
+-- A batch writes each generation of its job in turn through the same staging table.
+delete from pg_temp.vectorize_staging_chunks;
+
 -- name: copy_staging
 copy pg_temp.vectorize_staging_chunks (pk, chunk, embedding, content, content_hash, chunk_start, chunk_end, chunks,
                                        source_updated_at, version)
 from stdin (format binary);
 
 -- name: apply_batch
-select vectorize.apply_batch(%(job_id)s, %(gone)s) as written;
+select vectorize.apply_batch(%(job_id)s, %(generation)s, %(gone)s) as written;
+
+-- name: complete_builds
+-- Switch the jobs whose new generation is complete (one transaction each).
+select job_name, generation from vectorize.complete_builds(%(keep_seconds)s);
+
+-- name: drop_expired_generations
+select job_name, generation from vectorize.drop_expired_generations();
+
+-- name: rollback_job
+select action, generation from vectorize.rollback_job(%(job_name)s, %(keep_seconds)s);
+
+-- name: redefine_job
+-- The same UPDATE a psql user writes: the trigger checks it and starts the new generation.
+update vectorize.job
+   set src_columns = %(src_columns)s, update_time_col = %(update_time_col)s, model = %(model)s,
+       chunking = %(chunking)s, chunk_tokens = %(chunk_tokens)s::int, chunk_overlap = %(chunk_overlap)s::int,
+       src_schema = %(src_schema)s, src_table = %(src_table)s, primary_key = %(primary_key)s
+ where job_name = %(job_name)s
+returning id;
+
+-- name: building_generation
+select g.generation, g.state from vectorize.generation g join vectorize.job j on j.id = g.job_id
+ where j.job_name = %(job_name)s;
+
+-- name: dry_run_on
+-- For this transaction only: the job triggers check everything and build nothing.
+select set_config('vectorize.dry_run', 'on', true);
 
 -- name: finish_items
 -- The claimed items are done: remove them, and say how long each live change
@@ -177,7 +212,7 @@ select j.job_name, j.id,
 -- name: search
 select result
   from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s,
-                        %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s) as result;
+                        %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s, %(generation)s) as result;
 
 -- name: job_status_all
 select * from vectorize.job_status order by job_name;
@@ -190,7 +225,8 @@ select pk, attempts, last_error, failed_at from vectorize.failure
  where job_id = %(job_id)s order by failed_at desc limit %(limit)s;
 
 -- name: job_model
-select model from vectorize.job where job_name = %(job_name)s;
+-- The serving generation's model: a search embeds its query with it and ranks in that generation.
+select model, generation from vectorize.job where job_name = %(job_name)s;
 
 -- name: ping
 select 1;

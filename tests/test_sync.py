@@ -200,7 +200,7 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
             "insert into vectorize_staging_chunks values ('1', 0, %s::vector, 'x', '\\x00', 0, 1, 1, now(), %s)",
             (str(stale.tolist()), version - 1),
         )
-        conn.execute("select vectorize.apply_batch(id, '{}') from vectorize.job")
+        conn.execute("select vectorize.apply_batch(id, generation, '{}') from vectorize.job")
     assert float(stored_vector(conn, 1) @ stale) < 0.9
 
 

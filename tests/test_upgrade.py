@@ -131,7 +131,7 @@ def test_a_changed_function_reaches_an_existing_database_on_the_next_start(
     monkeypatch.setattr(queries, "SQL_DIR", changed)
     assert migrate(db_url) == []  # no migration is new: only the functions are re-applied
     with psycopg.connect(db_url) as conn:
-        body = conn.execute("select pg_get_functiondef('vectorize.apply_batch(uuid, text[])'::regprocedure)").fetchone()[0]
+        body = conn.execute("select pg_get_functiondef('vectorize.apply_batch(uuid, int, text[])'::regprocedure)").fetchone()[0]
         assert "-- changed by hand" in body
         # The job's objects were rebuilt by the new generator.
         capture = conn.execute("select pg_get_functiondef('vectorize._capture_my_job'::regproc)").fetchone()[0]

@@ -33,6 +33,8 @@ SETTINGS = web.AppKey("settings", Settings)
 #: Response header of a search that asked for wait_for_sync: "true" when every change
 #: committed before the request was embedded in time, "false" when the wait ran out.
 FRESH_HEADER = "X-Vectorize-Fresh"
+#: Which generation of the job ranked the results (a redefinition switches it).
+GENERATION_HEADER = "X-Vectorize-Generation"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -142,8 +144,9 @@ async def _search_response(
 ) -> web.Response:
     """Wait for the job to catch up when asked (read-your-writes), then search."""
     fresh = None if wait is None else await search.wait_until_synced(request.app[POOL], job_name, wait)
-    results = await search.search(request.app[POOL], request.app[CATALOG], job_name, text, limit, filters, ranking)
-    response = web.json_response(results)
+    answer = await search.search(request.app[POOL], request.app[CATALOG], job_name, text, limit, filters, ranking)
+    response = web.json_response(answer.results)
+    response.headers[GENERATION_HEADER] = str(answer.generation)
     if fresh is not None:
         response.headers[FRESH_HEADER] = "true" if fresh else "false"
     return response

@@ -51,6 +51,9 @@ class Settings:
     # of the engine's rate). Live changes never wait behind these: they are a lane of their own.
     backfill_batch_size: int = _setting(512, "rows (chunks, for long rows) per backfill batch")
     poll_interval: float = _setting(5.0, "seconds between fallback polls when no notification arrives")
+    generation_keep_seconds: float = _setting(
+        3600.0, "after a redefinition switches, how long the previous generation is kept (fresh) for an instant rollback"
+    )
     threads: int | None = _setting(None, "inference threads (default: all cores)")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING")
     max_attempts: int = _setting(5, "tries before a failing row is parked in vectorize.failure")

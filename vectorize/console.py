@@ -162,7 +162,7 @@ async def search(
             console.print(
                 f"[yellow]changes to {job_name} are still being embedded after {wait_for_sync:g}s; results may be stale[/yellow]"
             )
-        results = await search_rows(pool, catalog, job_name, text, limit)
+        results = (await search_rows(pool, catalog, job_name, text, limit)).results
     # The key and the embedded columns fit a terminal; the API returns every column.
     columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
     table = Table("similarity", *columns, "passage", title=f"{job_name}: {text!r}")

@@ -32,6 +32,8 @@ class JobWork:
     chunk_overlap: int
     #: Seconds until the job's embedder pause ends; 0 when it is not paused.
     paused_for: float
+    #: A redefinition is building a new generation (it switches when its backfill is done).
+    building: bool
     live_ready: bool
     backfill_ready: bool
 
@@ -39,6 +41,19 @@ class JobWork:
         if lane is Lane.LIVE:
             return self.live_ready
         return self.backfill_ready or self.scan_active
+
+
+@dataclass
+class Generation:
+    """One generation of a job that a batch writes: the serving one, or the one built beside it
+    (a redefinition in progress) or kept for rollback. Each embeds the rows its own way."""
+
+    generation: int
+    model: str
+    chunking: bool
+    chunk_tokens: int | None
+    chunk_overlap: int
+    serving: bool
 
 
 @dataclass
@@ -95,13 +110,20 @@ class BatchTransaction:
         cur = await self.conn.execute(query("claim_ids"), {"ids": ids})
         return [Claimed(**row) for row in await cur.fetchall()]
 
-    async def read_rows(self, job_id: Any, pks: list[str]) -> list[SourceRow]:
-        cur = await self.conn.execute(query("read_rows"), {"job_id": job_id, "pks": pks})
+    async def generations(self, job_id: Any) -> list[Generation]:
+        """The generations this batch writes, read after the claim (so a change captured after a
+        redefinition began always reaches the new generation); the other one stays locked."""
+        cur = await self.conn.execute(query("job_generations"), {"job_id": job_id})
+        return sorted((Generation(**row) for row in await cur.fetchall()), key=lambda g: not g.serving)
+
+    async def read_rows(self, job_id: Any, generation: int, pks: list[str]) -> list[SourceRow]:
+        cur = await self.conn.execute(query("read_rows"), {"job_id": job_id, "generation": generation, "pks": pks})
         return [SourceRow(**row) for row in await cur.fetchall()]
 
-    async def write(self, job_id: Any, lines: Sequence[ChunkLine], gone: list[str]) -> None:
+    async def write(self, job_id: Any, generation: int, lines: Sequence[ChunkLine], gone: list[str]) -> None:
         """Binary COPY into a staging table, then one set-based, newest-wins upsert."""
         await self.conn.execute(query("create_staging"))
+        await self.conn.execute(query("clear_staging"))
         async with self.conn.cursor().copy(query("copy_staging")) as copy:
             copy.set_types(["text", "int4", "vector", "text", "bytea", "int4", "int4", "int4", "timestamptz", "int8"])
             for c in lines:
@@ -119,7 +141,7 @@ class BatchTransaction:
                         c.version,
                     )
                 )
-        await self.conn.execute(query("apply_batch"), {"job_id": job_id, "gone": gone})
+        await self.conn.execute(query("apply_batch"), {"job_id": job_id, "generation": generation, "gone": gone})
 
     async def finish(self, ids: list[int]) -> list[tuple[str, float]]:
         """Remove the done items; returns (lane, seconds since queued) for each."""
@@ -157,6 +179,15 @@ class JobManager:
         """Queue the next page of the job's backfill scan; rows looked at, SCAN_NONE or SCAN_BUSY."""
         rows = await self._execute("scan_step", {"job_id": job_id, "page": page})
         return rows[0]["seen"] if rows else SCAN_NONE
+
+    async def complete_builds(self, keep_seconds: float) -> list[tuple[str, int]]:
+        """Switch every job whose new generation is complete; returns (job, generation now serving)."""
+        rows = await self._execute("complete_builds", {"keep_seconds": keep_seconds})
+        return [(row["job_name"], row["generation"]) for row in rows]
+
+    async def drop_expired_generations(self) -> list[tuple[str, int]]:
+        """Drop the previous generations whose grace period is over; returns (job, generation)."""
+        return [(row["job_name"], row["generation"]) for row in await self._execute("drop_expired_generations")]
 
     async def fail_job(self, job_id: Any, message: str) -> None:
         await self._execute("fail_job", {"job_id": job_id, "message": message})

@@ -18,6 +18,9 @@ INFERENCE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+GENERATION_SWITCHES = Counter(
+    "vectorize_generation_switches", "Redefinitions whose new generation started serving", ["job"], registry=REGISTRY
+)
 ROW_FAILURES = Counter("vectorize_row_failures", "Failed tries to embed a row", ["job"], registry=REGISTRY)
 LANE_ROWS = Counter(
     "vectorize_lane_rows", "Rows handled per lane (rate() of it is rows/s per lane)", ["job", "lane"], registry=REGISTRY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -86,6 +87,15 @@ async def wait_until_synced(pool: AsyncConnectionPool, job_name: str, timeout: f
             await asyncio.sleep(SYNC_POLL_SECONDS)
 
 
+@dataclass
+class Answer:
+    """A search's results and the generation of the job that ranked them (it changes when a
+    redefinition switches; the X-Vectorize-Generation header)."""
+
+    results: list[dict[str, Any]]
+    generation: int
+
+
 async def search(
     pool: AsyncConnectionPool,
     catalog: ModelCatalog,
@@ -94,31 +104,54 @@ async def search(
     limit: int = 10,
     filters: dict[str, Any] | None = None,
     ranking: dict[str, float] | None = None,
-) -> list[dict[str, Any]]:
-    """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL)."""
+) -> Answer:
+    """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL).
+    The query is embedded with the serving generation's model and ranked in that generation, even
+    if a switch commits in between (the generation it replaced is kept); should that generation be
+    gone by then (dropped by another redefinition), the search is asked again once."""
     reject_nul("job_name", job_name)
     reject_nul("query", text)
     for key, value in (filters or {}).items():
         reject_nul(f"filter {key!r}", key)
         if isinstance(value, str):
             reject_nul(f"filter {key!r}", value)
-    with metrics.SEARCH_SECONDS.time(), database_errors():
-        async with pool.connection() as conn:
-            row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
-            if row is None:
-                raise UserError(404, f"job {job_name!r} does not exist")
-            encoder = await asyncio.to_thread(catalog.get, row["model"])
-            (vector,) = await asyncio.to_thread(encoder.embed, [text])
-            cur = await conn.execute(
-                query("search"),
-                {
-                    "job_name": job_name,
-                    "embedding": vector,
-                    "limit": limit,
-                    "filters": Jsonb(filters or {}),
-                    "query": text,
-                    **RANKING_OPTIONS,
-                    **(ranking or {}),
-                },
-            )
-            return [r["result"] for r in await cur.fetchall()]
+    with metrics.SEARCH_SECONDS.time():
+        for attempt in (1, 2):
+            try:
+                with database_errors():
+                    return await _search_once(pool, catalog, job_name, text, limit, filters, ranking)
+            except UserError as exc:
+                if exc.status != 409 or "no longer exists" not in exc.message or attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
+
+
+async def _search_once(
+    pool: AsyncConnectionPool,
+    catalog: ModelCatalog,
+    job_name: str,
+    text: str,
+    limit: int,
+    filters: dict[str, Any] | None,
+    ranking: dict[str, float] | None,
+) -> Answer:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
+        if row is None:
+            raise UserError(404, f"job {job_name!r} does not exist")
+        encoder = await asyncio.to_thread(catalog.get, row["model"])
+        (vector,) = await asyncio.to_thread(encoder.embed, [text])
+        cur = await conn.execute(
+            query("search"),
+            {
+                "job_name": job_name,
+                "embedding": vector,
+                "limit": limit,
+                "filters": Jsonb(filters or {}),
+                "query": text,
+                **RANKING_OPTIONS,
+                **(ranking or {}),
+                "generation": row["generation"],
+            },
+        )
+        return Answer([r["result"] for r in await cur.fetchall()], row["generation"])

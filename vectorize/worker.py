@@ -30,7 +30,7 @@ from .db import make_pool
 from .embedding.catalog import Embedder, ModelCatalog
 from .embedding.chunking import split_texts
 from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
-from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, ChunkLine, Claimed, JobManager, JobWork
+from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, ChunkLine, Claimed, Generation, JobManager, JobWork, SourceRow
 from .retry import SOURCE_BROKEN, Blame, RetryPolicy
 from .scheduler import Lane, Rotation
 
@@ -55,14 +55,28 @@ CHARS_PER_CHUNK = 1024
 
 @dataclass
 class Prepared:
-    """A batch ready to write: a line per chunk, the keys whose row is gone, the keys done."""
+    """A batch ready to write: for each generation of the job, a line per chunk; the keys whose
+    row is gone, the keys done (written to every generation)."""
 
-    lines: list[ChunkLine] = field(default_factory=list)
+    generations: list[int] = field(default_factory=list)
+    lines: dict[int, list[ChunkLine]] = field(default_factory=dict)
     gone: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
-    #: The distinct chunk texts embedded.
-    texts: set[str] = field(default_factory=set)
+    #: The distinct chunk texts embedded, per model.
+    texts: dict[str, set[str]] = field(default_factory=dict)
     embedded_rows: int = 0
+
+    @property
+    def text_count(self) -> int:
+        return sum(len(t) for t in self.texts.values())
+
+
+@dataclass
+class _RowPlan:
+    """One source row as one generation chunks it."""
+
+    row: SourceRow
+    spans: list[tuple[int, int]]
 
 
 @dataclass
@@ -153,17 +167,28 @@ class Worker:
         while not stop.is_set():
             for name in await self.manager.fail_orphaned_jobs():
                 log.error("event=job_failed job=%s reason=source_table_dropped", name)
+            await self._complete_builds()
+            for name, generation in await self.manager.drop_expired_generations():
+                log.info("event=generation_dropped job=%s generation=%d reason=grace_period_over", name, generation)
             await _wait_any(stop, None, self.settings.poll_interval)
+
+    async def _complete_builds(self) -> None:
+        """Switch the jobs whose redefinition has built its whole generation."""
+        for name, generation in await self.manager.complete_builds(self.settings.generation_keep_seconds):
+            metrics.GENERATION_SWITCHES.labels(name).inc()
+            log.info("event=generation_switched job=%s serving=%d", name, generation)
 
     # ---- scheduling ------------------------------------------------------------
     async def drain(self, stop: asyncio.Event | None = None) -> int:
-        """Process every job until no job has work left in either lane; returns the rows handled."""
+        """Process every job until no job has work left in either lane (a redefinition whose
+        generation is then complete switches); returns the rows handled."""
         await self.manager.fail_orphaned_jobs()
         total = 0
         while True:
             handled = sum(await asyncio.gather(*(self._lane(lane, stop, until_idle=True) for lane in Lane)))
             total += handled
             if handled == 0 or (stop is not None and stop.is_set()):
+                await self._complete_builds()
                 return total
 
     async def _lane(self, lane: Lane, stop: asyncio.Event | None, *, until_idle: bool = False) -> int:
@@ -235,6 +260,8 @@ class Worker:
             if lane is Lane.LIVE:
                 return await self.process_batch(job, lane, self.settings.batch_size)
             handled = await self.process_batch(job, lane, self.settings.backfill_batch_size)
+            if job.building:
+                await self._complete_builds()
             if handled or not job.scan_active or job.paused_for:
                 return handled
             # A page fills the batches in flight exactly: a remainder would make a small batch.
@@ -299,7 +326,8 @@ class Worker:
                 result.failure = exc
                 raise psycopg.Rollback() from None  # the claims go back to the queue, uncharged
             inferred = time.perf_counter()
-            await tx.write(job.id, batch.lines, batch.gone)
+            for number in batch.generations:
+                await tx.write(job.id, number, batch.lines[number], batch.gone)
             result.claimed = [c for c in result.claimed if c.pk in batch.done]
             lags = await tx.finish([i for c in result.claimed for i in c.ids])
         if result.failure is not None:
@@ -310,7 +338,7 @@ class Worker:
         rows = len(batch.done) - len(batch.gone)
         if rows:
             seen = self._chunks_per_row.get(job.id, 1.0)
-            self._chunks_per_row[job.id] = 0.5 * seen + 0.5 * len(batch.lines) / rows
+            self._chunks_per_row[job.id] = 0.5 * seen + 0.5 * len(batch.lines[batch.generations[0]]) / rows
         self._record(job, lane, len(result.claimed), batch, inferred - started, time.perf_counter() - started)
         return result
 
@@ -320,72 +348,98 @@ class Worker:
         return max(1, min(chunks, math.ceil(1.1 * chunks / max(self._chunks_per_row.get(job.id, 1.0), 1.0))))
 
     async def _embed(self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed], budget: int) -> Prepared:
-        """Read the claimed rows' current text, cut each into chunks, and embed the chunks whose
-        text changed, each distinct text once, up to ``budget`` of them (at least one row's)."""
+        """Read the claimed rows' current text as each generation of the job sees it (the serving
+        one, and the one a redefinition builds or keeps), cut each into chunks, and embed the
+        chunks whose text changed, each distinct text once per model, up to ``budget`` of them
+        (at least one row's). A row is done only when every generation of it is."""
         versions = {c.pk: c.version for c in claimed}
-        rows = await tx.read_rows(job.id, list(versions))
-        present = {r.pk for r in rows}
-        batch = Prepared(gone=[pk for pk in versions if pk not in present])
+        generations = await tx.generations(job.id)
+        reads = [{r.pk: r for r in await tx.read_rows(job.id, g.generation, list(versions))} for g in generations]
+        batch = Prepared(generations=[g.generation for g in generations], gone=[pk for pk in versions if pk not in reads[0]])
+        batch.lines = {g.generation: [] for g in generations}
         batch.done.update(batch.gone)
-        if not rows:
+        if not reads[0]:
             return batch
         # Only as much text as ``budget`` chunks can hold is tokenised and planned (a claim of
         # long documents would otherwise hold all of their tokens in memory at once); the rest
         # stays queued for the next batch.
-        size, kept = 0, 0
-        while kept < len(rows) and (kept == 0 or size + len(rows[kept].content) <= budget * BUDGET_SLACK * CHARS_PER_CHUNK):
-            size += len(rows[kept].content)
-            kept += 1
-        rows = rows[:kept]
-        embedder = await asyncio.to_thread(self.catalog.get, job.model)
-        spans = await asyncio.to_thread(self._chunk_spans, embedder, job, [r.content for r in rows])
-        wanted: list[str | None] = []  # per line: the text to embed, or None when unchanged
-        for row, row_spans in zip(rows, spans, strict=True):
-            texts = [row.content[a:b] for a, b in row_spans]
-            hashes = [content_hash(t) for t in texts]
-            stored = row.stored_hashes or []
-            fresh = [k >= len(stored) or stored[k] != h for k, h in enumerate(hashes)]
-            new = {t for t, f in zip(texts, fresh, strict=True) if f} - batch.texts
-            if new and batch.texts and len(batch.texts) + len(new) > budget * BUDGET_SLACK:
-                continue  # left for the next batch: its queue items stay
-            batch.done.add(row.pk)
-            batch.texts |= new
-            batch.embedded_rows += any(fresh)
-            changed = hashes != stored
-            for k, ((start, end), text, digest) in enumerate(zip(row_spans, texts, hashes, strict=True)):
-                wanted.append(text if fresh[k] else None)
-                batch.lines.append(
-                    ChunkLine(
-                        row.pk,
+        kept: list[str] = []
+        size = 0
+        for pk in reads[0]:
+            length = max(len(read[pk].content) for read in reads if pk in read)
+            if kept and size + length > budget * BUDGET_SLACK * CHARS_PER_CHUNK:
+                break
+            kept.append(pk)
+            size += length
+        plans: list[tuple[Generation, Embedder, dict[str, _RowPlan]]] = []
+        for generation, read in zip(generations, reads, strict=True):
+            embedder = await asyncio.to_thread(self.catalog.get, generation.model)
+            rows = [read[pk] for pk in kept if pk in read]
+            spans = await asyncio.to_thread(self._chunk_spans, embedder, generation, [r.content for r in rows])
+            plans.append((generation, embedder, {r.pk: _RowPlan(r, s) for r, s in zip(rows, spans, strict=True)}))
+        wanted: list[tuple[ChunkLine, str, str]] = []  # lines to fill: (line, model, text)
+        for pk in kept:
+            row_lines: list[tuple[int, ChunkLine]] = []
+            row_wanted: list[tuple[ChunkLine, str, str]] = []
+            row_new: dict[str, set[str]] = {}
+            for generation, _, by_pk in plans:
+                plan = by_pk.get(pk)
+                if plan is None:
+                    continue  # deleted between two reads: the delete's own queue item follows
+                model = generation.model
+                texts = [plan.row.content[a:b] for a, b in plan.spans]
+                hashes = [content_hash(t) for t in texts]
+                stored = plan.row.stored_hashes or []
+                changed = hashes != stored
+                for k, ((start, end), text, digest) in enumerate(zip(plan.spans, texts, hashes, strict=True)):
+                    line = ChunkLine(
+                        pk,
                         k,
                         None,
-                        row.content if k == 0 and changed else None,
+                        plan.row.content if k == 0 and changed else None,
                         digest,
                         start,
                         end,
                         len(texts),
-                        row.source_updated_at,
-                        versions[row.pk],
+                        plan.row.source_updated_at,
+                        versions[pk],
                     )
-                )
-        if batch.texts:
-            texts = sorted(batch.texts)
-            matrix = await asyncio.to_thread(embedder.embed, texts, self.abort, lane.priority)
-            vectors = dict(zip(texts, matrix, strict=True))
-            self.inferences += len(texts)
-            for line, text in zip(batch.lines, wanted, strict=True):
-                if text is not None:
-                    line.vector = vectors[text]
+                    row_lines.append((generation.generation, line))
+                    if k >= len(stored) or stored[k] != digest:
+                        row_wanted.append((line, model, text))
+                        if text not in batch.texts.get(model, ()):
+                            row_new.setdefault(model, set()).add(text)
+            new = sum(len(t) for t in row_new.values())
+            if new and batch.text_count and batch.text_count + new > budget * BUDGET_SLACK:
+                continue  # left for the next batch: its queue items stay
+            batch.done.add(pk)
+            batch.embedded_rows += bool(row_wanted)
+            for model, texts in row_new.items():
+                batch.texts.setdefault(model, set()).update(texts)
+            for number, line in row_lines:
+                batch.lines[number].append(line)
+            wanted.extend(row_wanted)
+        vectors: dict[tuple[str, str], object] = {}
+        for model, texts in batch.texts.items():
+            if not texts:
+                continue
+            ordered = sorted(texts)
+            embedder = next(e for g, e, _ in plans if g.model == model)
+            matrix = await asyncio.to_thread(embedder.embed, ordered, self.abort, lane.priority)
+            self.inferences += len(ordered)
+            vectors.update(((model, t), v) for t, v in zip(ordered, matrix, strict=True))
+        for line, model, text in wanted:
+            line.vector = vectors[(model, text)]
         return batch
 
     @staticmethod
-    def _chunk_spans(embedder: Embedder, job: JobWork, texts: list[str]) -> list[list[tuple[int, int]]]:
+    def _chunk_spans(embedder: Embedder, generation: Generation, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Each text's chunks: the whole text when chunking is off (the model truncates it), else
         pieces of at most chunk_tokens (default: the model's window) less its two special tokens."""
-        if not job.chunking:
+        if not generation.chunking:
             return [[(0, len(text))] for text in texts]
-        window = job.chunk_tokens or embedder.max_tokens
-        return split_texts(texts, embedder.counter, window - SPECIAL_TOKENS, job.chunk_overlap)
+        window = generation.chunk_tokens or embedder.max_tokens
+        return split_texts(texts, embedder.counter, window - SPECIAL_TOKENS, generation.chunk_overlap)
 
     def _record(self, job: JobWork, lane: Lane, rows: int, batch: Prepared, infer_s: float, total_s: float) -> None:
         embedded, gone = batch.embedded_rows, len(batch.gone)
@@ -399,7 +453,7 @@ class Worker:
             lane.value,
             rows,
             embedded,
-            len(batch.texts),
+            batch.text_count,
             rows - embedded - gone,
             gone,
             infer_s,

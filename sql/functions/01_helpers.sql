@@ -19,10 +19,57 @@ language sql immutable as $$
     select array['embedding', 'fts', 'content_hash', 'source_updated_at', 'version', 'updated_at', 'chunk', 'chunk_start', 'chunk_end']
 $$;
 
--- The one spelling of a job's embeddings table, quoted and schema-qualified.
-create or replace function vectorize._embeddings_table(p_job_name text) returns text
+-- The one spelling of a job generation's embeddings table, quoted and schema-qualified:
+-- _embeddings_<job> for the first generation, _embeddings_<job>$<n> after a redefinition
+-- ("$" cannot occur in a job name, so no two jobs' tables can collide).
+create or replace function vectorize._embeddings_table(p_job_name text, p_generation int default 1) returns text
 language sql immutable as $$
-    select format('vectorize.%I', '_embeddings_' || p_job_name)
+    select format('vectorize.%I', '_embeddings_' || p_job_name || case when p_generation > 1 then '$' || p_generation else '' end)
+$$;
+
+-- The job as one of its generations sees it: the job row with that generation's definition
+-- (src_columns, update_time_col, model, dimension, chunking) and number. Null generation:
+-- the serving one. Raises VZ409 when the generation no longer exists (switched out and dropped).
+create or replace function vectorize._generation_job(p_job_id uuid, p_generation int default null) returns vectorize.job
+language plpgsql stable as $$
+declare
+    j vectorize.job;
+    g vectorize.generation;
+begin
+    select * into j from vectorize.job where id = p_job_id;
+    if not found then
+        perform vectorize._fail('VZ404', format('job %s does not exist', p_job_id));
+    end if;
+    if p_generation is null or p_generation = j.generation then
+        return j;
+    end if;
+    select * into g from vectorize.generation where job_id = p_job_id and generation = p_generation;
+    if not found then
+        perform vectorize._fail('VZ409', format('generation %s of job %s no longer exists', p_generation, to_json(j.job_name)),
+                                'ask again: the job has switched to another generation');
+    end if;
+    return vectorize._with_definition(j, g);
+end $$;
+
+-- The job row carrying another generation's definition.
+create or replace function vectorize._with_definition(j vectorize.job, g vectorize.generation) returns vectorize.job
+language plpgsql immutable as $$
+begin
+    j.generation := g.generation;
+    j.src_columns := g.src_columns;
+    j.update_time_col := g.update_time_col;
+    j.model := g.model;
+    j.dimension := g.dimension;
+    j.chunking := g.chunking;
+    j.chunk_tokens := g.chunk_tokens;
+    j.chunk_overlap := g.chunk_overlap;
+    return j;
+end $$;
+
+-- The job's other generation (building or previous) as a job row, or null when it has none.
+create or replace function vectorize._spare_job(j vectorize.job) returns vectorize.job
+language sql stable as $$
+    select vectorize._with_definition(j, g) from vectorize.generation g where g.job_id = j.id
 $$;
 
 -- How many rows a table has: exact up to 1M rows, the planner's estimate above

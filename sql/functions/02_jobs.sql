@@ -3,8 +3,10 @@
 -- The rules live here, not in the API, so `INSERT INTO vectorize.job` from psql
 -- and `POST /api/v1/table` behave identically (errors: see vectorize._fail).
 
-create or replace function vectorize._validate_job() returns trigger
-language plpgsql as $$
+-- Check a job definition and fill in what the catalog says (src_relid, pk_type, dimension).
+-- Used for a new job and for a redefinition alike, so both give the same answers.
+create or replace function vectorize._check_definition(new vectorize.job) returns vectorize.job
+language plpgsql stable as $$
 declare
     v_nsp      oid;
     v_rel      oid;
@@ -16,7 +18,6 @@ declare
     v_models   text;
     v_dim      int;
     v_window   int;
-    v_existing vectorize.job;
     v_qualified text;
 begin
     -- Every definition field is required.
@@ -118,22 +119,36 @@ begin
                    to_json(new.primary_key), array_to_string(vectorize._reserved_columns(), ', ')));
     end if;
 
+    new.src_relid := v_rel;
+    new.dimension := v_dim;
+    return new;
+end $$;
+
+-- The definition columns a user writes, as one comparable value.
+create or replace function vectorize._definition(j vectorize.job) returns text[]
+language sql immutable as $$
+    select array[j.src_schema, j.src_table, j.src_columns::text, j.primary_key, j.update_time_col, j.model,
+                 j.chunking::text, j.chunk_tokens::text, j.chunk_overlap::text]
+$$;
+
+create or replace function vectorize._validate_job() returns trigger
+language plpgsql as $$
+declare
+    v_existing vectorize.job;
+begin
+    new := vectorize._check_definition(new);
     -- Same name again: identical definition is a no-op (scripts can re-run), a different one is a conflict.
     select * into v_existing from vectorize.job j where j.job_name = new.job_name;
     if found then
-        if (v_existing.src_schema, v_existing.src_table, v_existing.src_columns, v_existing.primary_key,
-            v_existing.update_time_col, v_existing.model, v_existing.chunking, v_existing.chunk_tokens, v_existing.chunk_overlap)
-           is not distinct from
-           (new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model,
-            new.chunking, new.chunk_tokens, new.chunk_overlap) then
+        if vectorize._definition(v_existing) is not distinct from vectorize._definition(new) then
             return null;
         end if;
         perform vectorize._fail('VZ409',
-            format('job %s already exists with a different definition; delete it first or choose another job_name', to_json(new.job_name)));
+            format('job %s already exists with a different definition; to change it, redefine it (PUT /api/v1/table/%s, '
+                   'UPDATE vectorize.job or vectorize jobs alter), or delete it first, or choose another job_name',
+                   to_json(new.job_name), new.job_name));
     end if;
-
-    new.src_relid := v_rel;
-    new.dimension := v_dim;
+    new.generation := 1;
     new.status := 'active';
     new.status_message := null;
     new.scan_active := true;
@@ -147,19 +162,188 @@ begin
 end $$;
 
 
--- A job's definition is fixed once created: the objects built from it would no longer match.
-create or replace function vectorize._guard_job_update() returns trigger
+-- UPDATE of a job's definition starts a redefinition: the new definition is checked like a new
+-- job's, built as a new generation beside the serving one (vectorize.generation), and the job
+-- row keeps the serving definition until the worker switches to the new one when it is complete.
+-- Which source rows a job embeds (name, schema, table, key) cannot change: that is another job.
+create or replace function vectorize._redefine_job() returns trigger
 language plpgsql as $$
+declare
+    v_spare  vectorize.generation;
+    v_wanted vectorize.job;
 begin
-    if (old.job_name, old.src_schema, old.src_table, old.src_columns, old.primary_key, old.update_time_col, old.model,
-        old.chunking, old.chunk_tokens, old.chunk_overlap)
-       is distinct from
-       (new.job_name, new.src_schema, new.src_table, new.src_columns, new.primary_key, new.update_time_col, new.model,
-        new.chunking, new.chunk_tokens, new.chunk_overlap) then
-        perform vectorize._fail('VZ400',
-            format('the definition of job %s cannot be changed; delete the job and create it again', to_json(old.job_name)));
+    if current_setting('vectorize.switching', true) = 'on' then
+        return new;  -- a switch or rollback moves a generation into the job row
     end if;
+    if (old.job_name, old.src_schema, old.src_table, old.primary_key)
+       is distinct from (new.job_name, new.src_schema, new.src_table, new.primary_key) then
+        perform vectorize._fail('VZ400',
+            format('job_name, src_schema, src_table and primary_key of job %s cannot change: they would make another job; '
+                   'create a new job instead (its model, src_columns, update_time_col and chunking can be redefined)',
+                   to_json(old.job_name)));
+    end if;
+    if vectorize._definition(old) is not distinct from vectorize._definition(new) then
+        return new;
+    end if;
+    if old.status = 'failed' then
+        perform vectorize._fail('VZ409', format('job %s has failed (%s); delete it and create it again', to_json(old.job_name), old.status_message));
+    end if;
+    v_wanted := vectorize._check_definition(new);
+    select * into v_spare from vectorize.generation g where g.job_id = old.id;
+    if not (v_spare.state = 'building' and vectorize._definition(vectorize._with_definition(old, v_spare))
+                                            is not distinct from vectorize._definition(v_wanted)) then
+        perform vectorize._start_generation(old, v_wanted);
+        new.scan_active := true;  -- a pass over the source fills the new generation
+        new.scan_cursor := null;
+        new.objects_version := null;  -- the capture function must write the new generation too
+    end if;
+    -- The job row keeps describing what serves until the switch.
+    new.src_columns := old.src_columns;
+    new.update_time_col := old.update_time_col;
+    new.model := old.model;
+    new.chunking := old.chunking;
+    new.chunk_tokens := old.chunk_tokens;
+    new.chunk_overlap := old.chunk_overlap;
+    new.dimension := old.dimension;
     return new;
+end $$;
+
+-- Create the generation that will replace the serving one for definition d (replacing any other
+-- generation the job kept: a build in progress, or the previous one kept for rollback). When the
+-- model stays, the serving embeddings are copied in first, so only chunks whose text changed are
+-- embedded again. In a dry run nothing is created.
+create or replace function vectorize._start_generation(j vectorize.job, d vectorize.job) returns int
+language plpgsql as $$
+declare
+    v_number int;
+    v_cols   text;
+begin
+    select greatest(j.generation, coalesce(max(g.generation), 0)) + 1 into v_number
+      from vectorize.generation g where g.job_id = j.id;
+    if current_setting('vectorize.dry_run', true) = 'on' then
+        return v_number;
+    end if;
+    perform vectorize._drop_spare(j);
+    insert into vectorize.generation (job_id, generation, state, src_columns, update_time_col, model, dimension,
+                                      chunking, chunk_tokens, chunk_overlap)
+    values (j.id, v_number, 'building', d.src_columns, d.update_time_col, d.model, d.dimension,
+            d.chunking, d.chunk_tokens, d.chunk_overlap);
+    perform vectorize._create_embeddings_table(j.job_name, v_number, j.primary_key, j.pk_type, d.dimension, false);
+    if d.model = j.model then
+        v_cols := format('%I, embedding, fts, content_hash, source_updated_at, version, updated_at, chunk, chunk_start, chunk_end',
+                         j.primary_key);
+        execute format('insert into %s (%s) select %s from %s', vectorize._embeddings_table(j.job_name, v_number), v_cols, v_cols,
+                       vectorize._embeddings_table(j.job_name, j.generation));
+    end if;
+    perform vectorize._index_embeddings_table(j.job_name, v_number, j.primary_key);
+    raise notice 'job % keeps serving generation % while generation % is built for the new definition; vectorize.job_status shows its progress',
+        j.job_name, j.generation, v_number;
+    return v_number;
+end $$;
+
+-- Remove the job's other generation and its table. Batches that are writing to it hold a
+-- KEY SHARE lock on its row (vectorize.job_generations), so this waits for them to commit.
+create or replace function vectorize._drop_spare(j vectorize.job) returns int
+language plpgsql as $$
+declare
+    v_number int;
+begin
+    delete from vectorize.generation g where g.job_id = j.id returning g.generation into v_number;
+    if v_number is not null then
+        execute format('drop table if exists %s', vectorize._embeddings_table(j.job_name, v_number));
+    end if;
+    return v_number;
+end $$;
+
+-- Exchange the serving definition with the other generation's, in one transaction: search, the
+-- view and vectorize.search() answer from the other one from the commit on. The one that stops
+-- serving is kept (and kept fresh) for p_keep_seconds, so switching back is instant.
+create or replace function vectorize._swap_generations(p_job_id uuid, p_keep_seconds float8) returns int
+language plpgsql as $$
+declare
+    j vectorize.job;
+    g vectorize.generation;
+begin
+    select * into j from vectorize.job where id = p_job_id for update;
+    select * into g from vectorize.generation where job_id = p_job_id for update;
+    if not found then
+        return null;
+    end if;
+    perform set_config('vectorize.switching', 'on', true);
+    update vectorize.generation
+       set generation = j.generation, state = 'previous', src_columns = j.src_columns, update_time_col = j.update_time_col,
+           model = j.model, dimension = j.dimension, chunking = j.chunking, chunk_tokens = j.chunk_tokens,
+           chunk_overlap = j.chunk_overlap, retired_at = now(),
+           keep_until = now() + make_interval(secs => p_keep_seconds)
+     where job_id = p_job_id;
+    update vectorize.job
+       set generation = g.generation, src_columns = g.src_columns, update_time_col = g.update_time_col, model = g.model,
+           dimension = g.dimension, chunking = g.chunking, chunk_tokens = g.chunk_tokens, chunk_overlap = g.chunk_overlap,
+           objects_version = null  -- the view now shows the new generation
+     where id = p_job_id;
+    perform set_config('vectorize.switching', 'off', true);
+    return g.generation;
+end $$;
+
+-- Switch every job whose new generation is complete: its pass over the source has ended and
+-- no backfill item is left (live changes keep reaching both generations, before and after).
+create or replace function vectorize.complete_builds(p_keep_seconds float8)
+returns table (job_name text, generation int) language plpgsql as $$
+declare
+    r record;
+begin
+    for r in select j.id, j.job_name from vectorize.job j join vectorize.generation g on g.job_id = j.id
+              where g.state = 'building' and j.status = 'active' and not j.scan_active
+                and not exists (select 1 from vectorize.queue q where q.job_id = j.id and q.lane = 'backfill')
+              order by j.job_name loop
+        job_name := r.job_name;
+        generation := vectorize._swap_generations(r.id, p_keep_seconds);
+        perform pg_notify('vectorize', r.id::text);
+        return next;
+    end loop;
+end $$;
+
+-- Drop previous generations whose grace period is over.
+create or replace function vectorize.drop_expired_generations()
+returns table (job_name text, generation int) language plpgsql as $$
+declare
+    j vectorize.job;
+begin
+    for j in select jj.* from vectorize.job jj join vectorize.generation g on g.job_id = jj.id
+              where g.state = 'previous' and g.keep_until <= now() order by jj.job_name loop
+        job_name := j.job_name;
+        generation := vectorize._drop_spare(j);
+        update vectorize.job set objects_version = null where id = j.id;  -- the capture stops writing it
+        return next;
+    end loop;
+end $$;
+
+-- Undo a redefinition: a build in progress is cancelled (its generation dropped); after a
+-- switch, the previous generation serves again at once (and the one it replaces is kept for
+-- p_keep_seconds, so this can be undone the same way). Returns what was done.
+create or replace function vectorize.rollback_job(p_job_name text, p_keep_seconds float8 default 3600)
+returns table (action text, generation int) language plpgsql as $$
+declare
+    j vectorize.job := vectorize._job_by_name(p_job_name);
+    g vectorize.generation;
+begin
+    select * into g from vectorize.generation where job_id = j.id for update;
+    if not found then
+        perform vectorize._fail('VZ409',
+            format('job %s has nothing to roll back: no redefinition is being built and no previous generation is kept', to_json(p_job_name)),
+            'a previous generation is kept for generation_keep_seconds after a switch');
+    end if;
+    if g.state = 'building' then
+        perform vectorize._drop_spare(j);
+        update vectorize.job set objects_version = null where id = j.id;
+        action := 'cancelled';
+        generation := j.generation;
+    else
+        action := 'rolled_back';
+        generation := vectorize._swap_generations(j.id, p_keep_seconds);
+        perform pg_notify('vectorize', j.id::text);
+    end if;
+    return next;
 end $$;
 
 -- The per-job objects that are generated from a job's definition and can be
@@ -170,10 +354,15 @@ end $$;
 create or replace function vectorize._install_job_objects(j vectorize.job) returns void
 language plpgsql as $$
 declare
-    v_emb     text := vectorize._embeddings_table(j.job_name);
+    v_emb     text := vectorize._embeddings_table(j.job_name, j.generation);
     v_capture text := '_capture_' || j.job_name;
     v_source  text := vectorize._source(j);
+    v_spare   vectorize.job := vectorize._spare_job(j);
+    v_columns text[];
     v_changed text;
+    v_delete  text;
+    v_truncate text;
+    v_tables  text[];
     v_trigger record;
 begin
     -- One row per chunk (vectorize_chunk = 0 is every row's first). Only the key and the
@@ -191,10 +380,20 @@ begin
         v_source, v_emb, j.primary_key, j.primary_key);
 
     -- "Did any embedded column change?" compared as text, the form that is embedded
-    -- (so types without an equality operator, like json, work too).
+    -- (so types without an equality operator, like json, work too). While the job has a second
+    -- generation, the columns of both count, and a delete or truncate empties both.
+    v_columns := j.src_columns || coalesce(v_spare.src_columns, array[]::text[]);
     select format('(%s) is distinct from (%s)',
                   string_agg(format('o.%I::text', c), ', '), string_agg(format('n.%I::text', c), ', '))
-      into v_changed from unnest(j.src_columns) c;
+      into v_changed from (select distinct c from unnest(v_columns) c) cols;
+    v_tables := array[v_emb];
+    if v_spare.id is not null then
+        v_tables := v_tables || vectorize._embeddings_table(j.job_name, v_spare.generation);
+    end if;
+    select string_agg(format('delete from %s e using old_rows o where e.%I = o.%I;', t, j.primary_key, j.primary_key), ' '),
+           string_agg(format('delete from %s;', t), ' ')
+      into v_delete, v_truncate
+      from unnest(v_tables) t;
 
     -- One capture function per job, with the job's columns written in, so the
     -- trigger runs a planned statement instead of dynamic SQL on every write.
@@ -226,10 +425,10 @@ begin
             elsif tg_op = 'DELETE' then
                 -- Removed in the user's transaction; queued as well so that a worker
                 -- racing on the same row re-checks it and cannot leave a stale vector.
-                delete from %5$s e using old_rows o where e.%3$I = o.%3$I;
+                %5$s
                 insert into vectorize.queue (job_id, pk) select %2$L::uuid, o.%3$I::text from old_rows o;
             else
-                delete from %5$s;
+                %6$s
                 delete from vectorize.queue where job_id = %2$L::uuid;
             end if;
             if queued > 0 then
@@ -243,7 +442,7 @@ begin
                 format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm));
             return null;
         end $body$ $f$,
-        v_capture, j.id, j.primary_key, v_changed, v_emb);
+        v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate);
 
     -- One trigger per event, each with the transition tables it needs.
     for v_trigger in select * from (values
@@ -288,12 +487,10 @@ begin
     return v_done;
 end $$;
 
--- Builds a new job's objects: the embeddings table and its indexes, then the
--- regenerable ones. O(1) in the source's size: nothing is scanned.
-create or replace function vectorize._create_job_objects() returns trigger
-language plpgsql as $$
-declare
-    v_emb text := vectorize._embeddings_table(new.job_name);
+-- One generation's embeddings table: a row per chunk of each source row.
+create or replace function vectorize._create_embeddings_table(
+    p_job_name text, p_generation int, p_primary_key text, p_pk_type text, p_dimension int, p_indexes boolean)
+returns void language plpgsql as $$
 begin
     execute format(
         'create table %s (
@@ -308,24 +505,61 @@ begin
              chunk_start int,
              chunk_end int,
              primary key (%I, chunk))',
-        v_emb, new.primary_key, new.pk_type, new.dimension, new.primary_key);
+        vectorize._embeddings_table(p_job_name, p_generation), p_primary_key, p_pk_type, p_dimension, p_primary_key);
+    if p_indexes then
+        perform vectorize._index_embeddings_table(p_job_name, p_generation, p_primary_key);
+    end if;
+end $$;
+
+-- Its search indexes (built after a bulk copy, when there is one: faster than row by row).
+create or replace function vectorize._index_embeddings_table(p_job_name text, p_generation int, p_primary_key text)
+returns void language plpgsql as $$
+declare
+    v_emb  text := vectorize._embeddings_table(p_job_name, p_generation);
+    v_base text := '_embeddings_' || p_job_name || case when p_generation > 1 then '$' || p_generation else '' end;
+begin
     -- Finds the rows that have more than one chunk (search looks further only where there are).
-    execute format('create index %I on %s (%I) where chunk > 0', '_embeddings_' || new.job_name || '_chunked', v_emb, new.primary_key);
-    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)', '_embeddings_' || new.job_name || '_hnsw', v_emb);
-    execute format('create index %I on %s using gin (fts)', '_embeddings_' || new.job_name || '_fts', v_emb);
+    execute format('create index %I on %s (%I) where chunk > 0', v_base || '_chunked', v_emb, p_primary_key);
+    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)', v_base || '_hnsw', v_emb);
+    execute format('create index %I on %s using gin (fts)', v_base || '_fts', v_emb);
+end $$;
+
+-- Builds a new job's objects: the embeddings table and its indexes, then the
+-- regenerable ones. O(1) in the source's size: nothing is scanned. A dry run builds nothing.
+create or replace function vectorize._create_job_objects() returns trigger
+language plpgsql as $$
+begin
+    if current_setting('vectorize.dry_run', true) = 'on' then
+        return null;
+    end if;
+    perform vectorize._create_embeddings_table(new.job_name, 1, new.primary_key, new.pk_type, new.dimension, true);
     perform vectorize._install_job_objects(new);
     perform pg_notify('vectorize', new.id::text);
     return null;
 end $$;
 
--- Deleting the job row removes everything the job built; the capture triggers
--- depend on the capture function, so CASCADE takes them off the source too.
+-- After a redefinition, a switch or a dropped generation: rebuild the capture function (it
+-- writes every generation) and the view (it shows the serving one).
+create or replace function vectorize._reinstall_job_objects() returns trigger
+language plpgsql as $$
+begin
+    if current_setting('vectorize.dry_run', true) = 'on' then
+        return null;
+    end if;
+    perform vectorize._install_job_objects(new);
+    perform pg_notify('vectorize', new.id::text);
+    return null;
+end $$;
+
+-- Deleting the job row removes everything the job built, every generation included; the
+-- capture triggers depend on the capture function, so CASCADE takes them off the source too.
 create or replace function vectorize._drop_job_objects() returns trigger
 language plpgsql as $$
 begin
     execute format('drop view if exists vectorize.%I', old.job_name || '_view');
     execute format('drop function if exists vectorize.%I() cascade', '_capture_' || old.job_name);
-    execute format('drop table if exists %s', vectorize._embeddings_table(old.job_name));
+    perform vectorize._drop_spare(old);
+    execute format('drop table if exists %s', vectorize._embeddings_table(old.job_name, old.generation));
     delete from vectorize.queue where job_id = old.id;
     delete from vectorize.failure where job_id = old.id;
     return null;
@@ -338,13 +572,16 @@ declare
 begin
     for t in select * from (values
         ('validate_job', 'before insert', '_validate_job'),
-        ('guard_job_update', 'before update', '_guard_job_update'),
+        ('redefine_job', 'before update', '_redefine_job'),
         ('create_job_objects', 'after insert', '_create_job_objects'),
+        ('reinstall_job_objects', 'after update', '_reinstall_job_objects'),
         ('drop_job_objects', 'after delete', '_drop_job_objects')) as v(name, timing, fn)
     loop
         execute format('drop trigger if exists %I on vectorize.job', t.name);
-        execute format('create trigger %I %s on vectorize.job for each row execute function vectorize.%I()',
-                       t.name, t.timing, t.fn);
+        execute format('create trigger %I %s on vectorize.job for each row %s execute function vectorize.%I()',
+                       t.name, t.timing,
+                       case when t.name = 'reinstall_job_objects' then 'when (new.objects_version is null and new.status = ''active'')' else '' end,
+                       t.fn);
     end loop;
 end $$;
 

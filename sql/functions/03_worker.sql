@@ -13,6 +13,8 @@ create or replace function vectorize.scan_step(p_job_id uuid, p_page int)
 returns int language plpgsql as $$
 declare
     j        vectorize.job;
+    v_spare  vectorize.job;
+    v_stale  text;
     v_seen   int;
     v_last   text;
     v_queued int;
@@ -25,9 +27,19 @@ begin
     if not found then
         return -2;
     end if;
+    -- A row needs work when a generation lacks it, or holds an older version of it than the
+    -- row's update_time_col (each generation by its own update_time_col).
+    v_stale := format('not exists (select 1 from %s e where e.%I = p.pk and e.chunk = 0 and e.source_updated_at >= p.version)',
+                      vectorize._embeddings_table(j.job_name, j.generation), j.primary_key);
+    v_spare := vectorize._spare_job(j);
+    if v_spare.id is not null then
+        v_stale := v_stale || format(
+            ' or not exists (select 1 from %s e where e.%I = p.pk and e.chunk = 0 and e.source_updated_at >= p.spare_version)',
+            vectorize._embeddings_table(j.job_name, v_spare.generation), j.primary_key);
+    end if;
     execute format(
         'with page as (
-             select s.%1$I as pk, s.%3$I as version
+             select s.%1$I as pk, s.%3$I as version, s.%6$I as spare_version
                from %2$s s
               where $1::text is null or s.%1$I > $1::%4$s
               order by s.%1$I
@@ -35,13 +47,13 @@ begin
          queued as (
              insert into vectorize.queue (job_id, pk, lane)
              select $3, p.pk::text, ''backfill'' from page p
-              where not exists (select 1 from %5$s e
-                                 where e.%1$I = p.pk and e.chunk = 0 and e.source_updated_at >= p.version)
+              where %5$s
              returning 1)
          select (select count(*) from page)::int,
                 (select p.pk::text from page p order by p.pk desc limit 1),
                 (select count(*) from queued)::int',
-        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, vectorize._embeddings_table(j.job_name))
+        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, v_stale,
+        coalesce(v_spare.update_time_col, j.update_time_col))
       into v_seen, v_last, v_queued
       using j.scan_cursor, p_page, j.id;
     if v_seen < p_page then
@@ -58,26 +70,41 @@ begin
     return v_seen;
 end $$;
 
+-- The generations a batch of the job writes: the serving one, and the one being built or kept
+-- for rollback. The latter's row is KEY SHARE locked until the batch commits, so it cannot be
+-- dropped under the batch (vectorize._drop_spare waits); a switch can happen meanwhile, and
+-- then the batch writes both generations all the same.
+create or replace function vectorize.job_generations(p_job_id uuid)
+returns table (generation int, model text, chunking boolean, chunk_tokens int, chunk_overlap int, serving boolean)
+language plpgsql as $$
+begin
+    return query
+        select g.generation, g.model, g.chunking, g.chunk_tokens, g.chunk_overlap, false
+          from vectorize.generation g where g.job_id = p_job_id for key share;
+    return query
+        select j.generation, j.model, j.chunking, j.chunk_tokens, j.chunk_overlap, true
+          from vectorize.job j where j.id = p_job_id;
+end $$;
+
 -- The current text and version of the given rows, with the content hashes of
 -- their stored chunks in chunk order. Rows that no longer exist are absent.
-create or replace function vectorize.read_rows(p_job_id uuid, p_pks text[])
+create or replace function vectorize.read_rows(p_job_id uuid, p_generation int, p_pks text[])
 returns table (pk text, content text, source_updated_at timestamptz, stored_hashes bytea[])
 language plpgsql stable as $$
 declare
-    j vectorize.job;
+    j vectorize.job := vectorize._generation_job(p_job_id, p_generation);
 begin
-    select * into j from vectorize.job where id = p_job_id;
     return query execute format(
         'select s.%1$I::text, %2$s, s.%3$I,
                 (select array_agg(e.content_hash order by e.chunk) from %5$s e where e.%1$I = s.%1$I)
            from %4$s s
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
-        vectorize._embeddings_table(j.job_name), j.pk_type)
+        vectorize._embeddings_table(j.job_name, j.generation), j.pk_type)
     using p_pks;
 end $$;
 
--- Apply one batch that the worker COPYed into pg_temp.vectorize_staging_chunks, one
+-- Apply one batch (of one generation of the job) that the worker COPYed into pg_temp.vectorize_staging_chunks, one
 -- line per chunk of each row (its "chunks" says how many the row has now):
 --  * chunks with an embedding: upsert them, unless a newer version of the row is
 --    stored (newest wins when two workers race on the same row), and only while
@@ -88,15 +115,13 @@ end $$;
 --    row's full-text vector, kept on chunk 0;
 --  * p_gone: keys whose source row was missing when read: drop their chunks.
 -- Successfully written keys also leave the failures table.
-create or replace function vectorize.apply_batch(p_job_id uuid, p_gone text[])
+create or replace function vectorize.apply_batch(p_job_id uuid, p_generation int, p_gone text[])
 returns int language plpgsql as $$
 declare
-    j     vectorize.job;
-    v_emb text;
+    j     vectorize.job := vectorize._generation_job(p_job_id, p_generation);
+    v_emb text := vectorize._embeddings_table(j.job_name, j.generation);
     v_written int;
 begin
-    select * into j from vectorize.job where id = p_job_id;
-    v_emb := vectorize._embeddings_table(j.job_name);
     -- One batch at a time per row, in key order (so two batches cannot deadlock): otherwise a
     -- batch with an older, longer text could add a chunk beside a newer text's chunks.
     perform pg_advisory_xact_lock(hashtextextended(p_job_id::text || '/' || k.pk, 0))

@@ -92,6 +92,8 @@ end $$;
 -- text and offsets), fused with full-text matches of the query text:
 -- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
 -- a missing rank contributing nothing. Without query text it is a pure vector search.
+-- p_generation: answer from that generation of the job (the serving one or the one kept
+-- beside it); by default the serving one.
 create or replace function vectorize.search(
     p_job_name        text,
     p_query_embedding vector,
@@ -100,10 +102,13 @@ create or replace function vectorize.search(
     p_query_text      text    default null,
     p_semantic_wt     float8  default 1.0,
     p_fts_wt          float8  default 1.0,
-    p_rrf_k           float8  default 60)
+    p_rrf_k           float8  default 60,
+    p_generation      int     default null)
 returns setof jsonb language plpgsql as $$
 declare
-    j vectorize.job := vectorize._job_by_name(p_job_name);
+    -- The serving generation, or the one the caller embedded its query for (an API request
+    -- that raced a switch still ranks against the generation its query vector belongs to).
+    j vectorize.job := vectorize._generation_job((vectorize._job_by_name(p_job_name)).id, p_generation);
     v_filter  text;
     v_chunked boolean;
     v_chunks  int;
@@ -134,7 +139,7 @@ begin
     -- A query of only stop words is fine here; keep PostgreSQL's NOTICE about it off the client.
     perform set_config('client_min_messages', 'warning', true);
     v_chunks := p_num_results;
-    execute format('select exists (select 1 from %s where chunk > 0)', vectorize._embeddings_table(j.job_name)) into v_chunked;
+    execute format('select exists (select 1 from %s where chunk > 0)', vectorize._embeddings_table(j.job_name, j.generation)) into v_chunked;
     if v_chunked then
         -- Rows rank by their best chunk, each row once: look at enough nearest chunks to
         -- find num_results distinct rows (or all there are).
@@ -144,7 +149,7 @@ begin
                 'select count(distinct h.pk), count(*)
                    from (select e.%3$I as pk from %1$s e join %2$s s on s.%3$I = e.%3$I
                           where %4$s order by e.embedding <=> $1 limit $2) h',
-                vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter)
+                vectorize._embeddings_table(j.job_name, j.generation), vectorize._source(j), j.primary_key, v_filter)
               into v_rows, v_seen using p_query_embedding, v_chunks;
             exit when v_rows >= p_num_results or v_seen < v_chunks or v_chunks >= 1000000;
             v_chunks := v_chunks * 4;
@@ -186,6 +191,6 @@ begin
            cross join lateral (select %5$s as content) t
           order by fu.rrf_score desc, b.distance
           limit $2',
-        vectorize._embeddings_table(j.job_name), vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j))
+        vectorize._embeddings_table(j.job_name, j.generation), vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j))
     using p_query_embedding, p_num_results, vectorize._text_query(p_query_text), p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks;
 end $$;

@@ -41,13 +41,50 @@ begin
         select c.row_count, c.estimated into source_rows, source_rows_estimated
           from vectorize._row_count(vectorize._source(j)::regclass) c;
         execute format('select count(*), count(*) filter (where updated_at > now() - interval ''1 minute''), max(updated_at)
-                          from %s', vectorize._embeddings_table(j.job_name))
+                          from %s', vectorize._embeddings_table(j.job_name, j.generation))
            into embedded_rows, embedded_last_minute, last_activity;
     exception when undefined_table or undefined_column or insufficient_privilege then
         -- The source (or the job's table) is gone: report what is known.
         null;
     end;
     return next;
+end $$;
+
+-- Each generation of a job, serving one first: its definition, how far it is, and for the
+-- one being built, an ETA from the last minute's rate.
+create or replace function vectorize._generations(j vectorize.job, p_source_rows bigint) returns jsonb
+language plpgsql stable as $$
+declare
+    g       vectorize.job;
+    v_state text;
+    v_spare vectorize.generation;
+    v_rows  bigint;
+    v_recent bigint;
+    v_out   jsonb := '[]';
+begin
+    select * into v_spare from vectorize.generation where job_id = j.id;
+    foreach g in array array[j, vectorize._spare_job(j)] loop
+        continue when g.id is null;
+        v_state := case when g.generation = j.generation then 'serving' else v_spare.state end;
+        begin
+            execute format('select count(*) filter (where chunk = 0), count(*) filter (where chunk = 0 and updated_at > now() - interval ''1 minute'')
+                              from %s', vectorize._embeddings_table(g.job_name, g.generation))
+               into v_rows, v_recent;
+        exception when undefined_table then
+            v_rows := null;
+        end;
+        v_out := v_out || jsonb_build_object(
+            'generation', g.generation, 'state', v_state, 'model', g.model, 'src_columns', g.src_columns,
+            'update_time_col', g.update_time_col, 'chunking', g.chunking, 'chunk_tokens', g.chunk_tokens,
+            'chunk_overlap', g.chunk_overlap, 'embedded_rows', v_rows,
+            'progress', case when p_source_rows > 0 then round(least(v_rows::numeric / p_source_rows, 1), 4) end,
+            'eta_seconds', case when v_state = 'building' and v_recent > 0
+                                then round(greatest(p_source_rows - v_rows, 0) * 60.0 / v_recent) end,
+            'building_since', case when v_state = 'building' then v_spare.created_at end,
+            'serving_until', case when v_state = 'previous' then v_spare.retired_at end,
+            'kept_until', case when v_state = 'previous' then v_spare.keep_until end);
+    end loop;
+    return v_out;
 end $$;
 
 create or replace view vectorize.job_status as
@@ -58,7 +95,8 @@ select j.job_name, j.id, j.src_schema, j.src_table, j.src_columns, j.primary_key
        s.source_rows, s.source_rows_estimated, s.embedded_rows, s.pending, s.pending_live, s.pending_backfill,
        s.oldest_live_seconds, s.oldest_backfill_seconds,
        s.failed_rows, s.embedded_last_minute, j.backfilled_at is not null as backfill_done, j.backfilled_at,
-       s.last_activity, j.created_at
+       s.last_activity, j.created_at, j.generation,
+       vectorize._generations(j, s.source_rows) as generations
   from vectorize.job j
  cross join lateral vectorize.job_stats(j.id) s;
 
@@ -76,7 +114,7 @@ begin
         job_name := j.job_name;
         select count(*) into pending from vectorize.queue q where q.job_id = j.id;
         select count(*) into failed_rows from vectorize.failure f where f.job_id = j.id;
-        v_emb := to_regclass(vectorize._embeddings_table(j.job_name));
+        v_emb := to_regclass(vectorize._embeddings_table(j.job_name, j.generation));
         embedded_rows := case when v_emb is null then null else (select c.row_count from vectorize._row_count(v_emb) c) end;
         waiting_for_embedder := coalesce(j.paused_until > now(), false);
         foreach lane in array array['live', 'backfill'] loop
