@@ -257,3 +257,12 @@ select coalesce(max(q.id), 0) as position
 -- ... and whether every live change up to it has been embedded (or dropped).
 select not exists (select 1 from vectorize.queue q join vectorize.job j on j.id = q.job_id
                     where j.job_name = %(job_name)s and q.lane = 'live' and q.id <= %(position)s) as synced;
+
+-- name: job_definition
+select id, generation, src_schema, src_table, src_columns, primary_key, update_time_col, model,
+       chunking, chunk_tokens, chunk_overlap
+  from vectorize.job where job_name = %(job_name)s;
+
+-- name: definition_sample
+select content, total_rows, total_estimated, exact
+  from vectorize.definition_sample(%(src_schema)s, %(src_table)s, %(src_columns)s, %(exact_rows)s, %(sample_rows)s);

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import jobs, metrics, search
 from .config import Settings
+from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .embedding.errors import EmbedderUnavailable
 from .errors import UserError
@@ -105,10 +106,44 @@ async def _json_body(request: web.Request) -> Any:
         raise UserError(400, f"the request body is not valid JSON: {exc}") from None
 
 
+def _dry_run(request: web.Request) -> bool:
+    raw = request.query.get("dry_run", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise UserError(400, f"dry_run must be true or false, got {raw!r}")
+    return raw in ("true", "1")
+
+
 async def create_table(request: web.Request) -> web.Response:
+    dry_run = _dry_run(request)
     definition = jobs.parse_job_definition(await _json_body(request))
+    if dry_run:
+        return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=False))
     job_id = await jobs.create_job(request.app[POOL], definition)
     return web.json_response({"id": job_id})
+
+
+async def redefine_table(request: web.Request) -> web.Response:
+    """PUT: the job's full new definition; 202 while the new generation is built."""
+    dry_run = _dry_run(request)
+    job_name = request.match_info["job_name"]
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        if body.get("job_name", job_name) != job_name:
+            raise UserError(
+                400, f"job_name {body['job_name']!r} in the body differs from {job_name!r} in the path; a job cannot be renamed"
+            )
+        body = {**body, "job_name": job_name}
+    definition = jobs.parse_job_definition(body)
+    if dry_run:
+        return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=True))
+    answer = await jobs.redefine_job(request.app[POOL], definition, request.app[SETTINGS].generation_keep_seconds)
+    return web.json_response(answer, status=202 if answer["action"] == "building" else 200)
+
+
+async def rollback_table(request: web.Request) -> web.Response:
+    job_name = request.match_info["job_name"]
+    keep = request.app[SETTINGS].generation_keep_seconds
+    return web.json_response(await jobs.rollback_job(request.app[POOL], job_name, keep))
 
 
 async def list_tables(request: web.Request) -> web.Response:
@@ -235,6 +270,8 @@ def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, catal
     app.router.add_post("/api/v1/table", create_table)
     app.router.add_get("/api/v1/table", list_tables)
     app.router.add_get("/api/v1/table/{job_name}", show_table)
+    app.router.add_put("/api/v1/table/{job_name}", redefine_table)
+    app.router.add_post("/api/v1/table/{job_name}/rollback", rollback_table)
     app.router.add_delete("/api/v1/table/{job_name}", delete_table)
     app.router.add_get("/api/v1/search", search_get)
     app.router.add_post("/api/v1/search", search_post)

@@ -111,6 +111,10 @@ def cmd_console(args: argparse.Namespace) -> int:
             coroutine = console.jobs_wait(settings, args.job_name, args.timeout)
         elif args.jobs_command == "delete":
             coroutine = console.jobs_delete(settings, args.job_name)
+        elif args.jobs_command == "rollback":
+            coroutine = console.jobs_rollback(settings, args.job_name)
+        elif args.jobs_command == "alter":
+            coroutine = console.jobs_alter(settings, catalog, args.job_name, _changes(args), args.dry_run)
         else:
             definition = {
                 "job_name": args.job_name,
@@ -124,7 +128,7 @@ def cmd_console(args: argparse.Namespace) -> int:
                 "chunk_tokens": args.chunk_tokens,
                 "chunk_overlap": args.chunk_overlap,
             }
-            coroutine = console.jobs_create(settings, definition)
+            coroutine = console.jobs_create(settings, catalog, definition, args.dry_run)
         return asyncio.run(coroutine)
     except UserError as exc:
         print(f"vectorize: {exc.message}", file=sys.stderr)
@@ -134,10 +138,23 @@ def cmd_console(args: argparse.Namespace) -> int:
         return 1
 
 
+def _changes(args: argparse.Namespace) -> dict[str, object]:
+    """The definition fields ``jobs alter`` was given (the others keep their values)."""
+    changes: dict[str, object] = {}
+    if args.columns is not None:
+        changes["src_columns"] = [c.strip() for c in args.columns.split(",")]
+    for field in ("model", "update_time_col", "chunk_tokens", "chunk_overlap"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    if args.chunking is not None:
+        changes["chunking"] = args.chunking
+    return changes
+
+
 def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     from .embedding.catalog import DEFAULT_MODEL
 
-    jobs = sub.add_parser("jobs", help="list, show, wait for, create or delete jobs")
+    jobs = sub.add_parser("jobs", help="list, show, wait for, create, alter, roll back or delete jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     jobs_sub.add_parser("list", help="every job with its progress").set_defaults(func=cmd_console)
     for name, text in (
@@ -162,6 +179,22 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row (default: the model's window)")
     p.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default 32)")
     p.add_argument("--no-chunking", action="store_true", help="truncate long rows instead (pg_vectorize's behaviour)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; create nothing")
+    p.set_defaults(func=cmd_console)
+    p = jobs_sub.add_parser(
+        "alter", help="redefine a job online: the new generation is built beside the serving one, then switched to"
+    )
+    p.add_argument("job_name")
+    p.add_argument("--columns", help="comma-separated columns to embed")
+    p.add_argument("--model")
+    p.add_argument("--update-time-col", help="timestamptz column with each row's last update")
+    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row")
+    p.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
+    p.add_argument("--chunking", action=argparse.BooleanOptionalAction, help="split long rows (--no-chunking: truncate)")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; change nothing")
+    p.set_defaults(func=cmd_console)
+    p = jobs_sub.add_parser("rollback", help="cancel a redefinition being built, or switch back to the previous generation")
+    p.add_argument("job_name")
     p.set_defaults(func=cmd_console)
     p = sub.add_parser("search", help="search a job and print the nearest rows")
     p.add_argument("job_name")

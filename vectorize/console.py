@@ -18,6 +18,7 @@ from rich.table import Table
 from . import jobs
 from .config import Settings
 from .db import make_pool
+from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .paths import SQL_DIR
 from .queries import query
@@ -91,19 +92,81 @@ async def jobs_show(settings: Settings, job_name: str) -> int:
     async with _pool(settings) as pool:
         status = await jobs.show_job(pool, job_name)
     failures = status.pop("last_errors")
+    generations = status.pop("generations") or []
     table = Table("field", "value", show_header=False)
     for key, value in status.items():
         table.add_row(key, str(value))
     console.print(table)
+    console.print(_generations_table(job_name, generations))
     for f in failures:
         console.print(f"[red]failed[/red] key={f['pk']} attempts={f['attempts']}: {f['error']}")
     return 0
 
 
-async def jobs_create(settings: Settings, definition: dict[str, Any]) -> int:
+def _generations_table(job_name: str, generations: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "generation", "state", "model", "columns", "chunks", "embedded", "progress", "eta", title=f"{job_name}: generations"
+    )
+    for g in generations:
+        chunks = f"{g['chunk_tokens'] or 'window'}/{g['chunk_overlap']}" if g["chunking"] else "truncate"
+        progress = "-" if g["progress"] is None else f"{100 * g['progress']:.1f}%"
+        eta = g["eta_seconds"]
+        if g["state"] == "previous":
+            eta = f"kept until {g['kept_until']}"
+        table.add_row(
+            str(g["generation"]),
+            g["state"],
+            g["model"],
+            ", ".join(g["src_columns"]),
+            chunks,
+            str(g["embedded_rows"]),
+            progress,
+            "-" if eta is None else (f"{eta:.0f}s" if isinstance(eta, int | float) else str(eta)),
+        )
+    return table
+
+
+def _print_plan(answer: dict[str, Any]) -> None:
+    """A dry run's answer, for a terminal."""
+    seconds = answer["estimated_seconds"]
+    console.print(
+        f"dry run ({answer['action']}, nothing changed): {answer['source_rows']} source rows, "
+        f"{answer['chunks']} chunks, {answer['tokens']} tokens ({answer['method']}); embeds {answer['embeds']}"
+    )
+    if seconds is not None:
+        console.print(f"about {seconds:.0f}s at {answer['rate_tokens_per_second']} tokens/s ({answer['rate_source']})")
+    else:
+        console.print(answer["rate_source"])
+
+
+async def jobs_create(settings: Settings, catalog: ModelCatalog, definition: dict[str, Any], dry_run: bool = False) -> int:
     async with _pool(settings) as pool:
+        if dry_run:
+            _print_plan(await plan(pool, catalog, definition, redefine=False))
+            return 0
         job_id = await jobs.create_job(pool, definition)
     console.print(f"job {definition['job_name']} created: id {job_id}")
+    return 0
+
+
+async def jobs_alter(
+    settings: Settings, catalog: ModelCatalog, job_name: str, changes: dict[str, Any], dry_run: bool = False
+) -> int:
+    """Redefine a job from the fields given on the command line; the rest stay as they are."""
+    async with _pool(settings) as pool:
+        definition = {**await jobs.job_definition(pool, job_name), **changes, "job_name": job_name}
+        if dry_run:
+            _print_plan(await plan(pool, catalog, definition, redefine=True))
+            return 0
+        answer = await jobs.redefine_job(pool, definition, settings.generation_keep_seconds)
+    console.print(f"job {job_name}: {answer['message']}")
+    return 0
+
+
+async def jobs_rollback(settings: Settings, job_name: str) -> int:
+    async with _pool(settings) as pool:
+        answer = await jobs.rollback_job(pool, job_name, settings.generation_keep_seconds)
+    console.print(f"job {job_name}: {answer['message']}")
     return 0
 
 

@@ -74,12 +74,87 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
 
 async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> str:
     """Insert the job (the trigger validates and builds its objects); returns its id."""
-    params = {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
+    params = with_defaults(definition)
     with database_errors():
         async with pool.connection() as conn:
             row = await (await conn.execute(query("create_job"), params)).fetchone()
     assert row is not None
     return str(row["id"])
+
+
+#: The fields that make up a definition, as the job row stores them.
+DEFINITION = (*JOB_FIELDS, *CHUNK_FIELDS)
+
+
+def with_defaults(definition: dict[str, Any]) -> dict[str, Any]:
+    return {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
+
+
+def same_definition(row: dict[str, Any], definition: dict[str, Any]) -> bool:
+    return all(row[f] == definition[f] for f in DEFINITION if f != "job_name")
+
+
+async def job_definition(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]:
+    """The job's serving definition, as a create request would give it; 404 if there is no such job."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
+    if row is None:
+        raise UserError(404, f"job {job_name!r} does not exist")
+    return {"job_name": job_name, **{f: row[f] for f in DEFINITION if f != "job_name"}}
+
+
+async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], keep_seconds: float) -> dict[str, Any]:
+    """Change a job's definition online (the UPDATE a psql user would write): a new generation is
+    built beside the serving one and switched to when complete. The serving definition again
+    cancels a build in progress. ``action`` in the answer: building, unchanged or cancelled."""
+    params = with_defaults(definition)
+    job_name = params["job_name"]
+    with database_errors():
+        async with pool.connection() as conn, conn.transaction():
+            current = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
+            if current is None:
+                raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
+            spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
+            answer = {"id": str(current["id"]), "job_name": job_name, "serving_generation": current["generation"]}
+            if same_definition(current, params):
+                if spare is not None and spare["state"] == "building":
+                    await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})
+                    return {
+                        **answer,
+                        "action": "cancelled",
+                        "message": f"the build of generation {spare['generation']} was cancelled",
+                    }
+                return {**answer, "action": "unchanged", "message": "the job already has this definition"}
+            await conn.execute(query("redefine_job"), params)
+            spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
+    assert spare is not None
+    return {
+        **answer,
+        "action": "building",
+        "generation": spare["generation"],
+        "message": f"generation {spare['generation']} is being built; "
+        f"generation {current['generation']} serves until it is complete",
+    }
+
+
+async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: float) -> dict[str, Any]:
+    """Cancel a build in progress, or switch back to the previous generation (instantly)."""
+    with database_errors():
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})
+            ).fetchone()
+    assert row is not None
+    messages = {
+        "cancelled": f"the build in progress was cancelled; generation {row['generation']} keeps serving",
+        "rolled_back": f"generation {row['generation']} serves again",
+    }
+    return {
+        "job_name": job_name,
+        "action": row["action"],
+        "serving_generation": row["generation"],
+        "message": messages[row["action"]],
+    }
 
 
 async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:

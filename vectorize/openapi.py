@@ -57,12 +57,22 @@ _SEARCH_PARAMS = [
         "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_SYNC},
     },
 ]
+_DRY_RUN = {
+    "name": "dry_run",
+    "in": "query",
+    "description": "check everything and answer what the request would do and cost; create and change nothing",
+    "schema": {"type": "boolean", "default": False},
+}
 _FRESH = {
     "X-Vectorize-Fresh": {
         "description": "Only with wait_for_sync: true when every change committed before the request was embedded "
         "in time, false when the wait ran out first",
         "schema": {"type": "string", "enum": ["true", "false"]},
-    }
+    },
+    "X-Vectorize-Generation": {
+        "description": "the generation of the job that ranked the results (a redefinition switches it)",
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -186,6 +196,12 @@ SPEC: dict[str, Any] = {
                     ),
                     "id": {"type": "string", "format": "uuid"},
                     "src_columns": {"type": "array", "items": {"type": "string"}},
+                    "generation": {"type": "integer", "description": "the generation that serves search"},
+                    "generations": {
+                        "type": "array",
+                        "description": "the serving generation, and the one a redefinition builds or keeps for rollback",
+                        "items": {"$ref": "#/components/schemas/Generation"},
+                    },
                     "status": {"type": "string", "enum": ["active", "failed"]},
                     "sync_state": {"type": "string", "enum": ["live", "backfilling", "waiting_for_embedder", "failed"]},
                     "last_errors": {
@@ -197,6 +213,62 @@ SPEC: dict[str, Any] = {
                     },
                 },
             },
+            "Generation": {
+                "type": "object",
+                "required": ["generation", "state", "model"],
+                "properties": {
+                    **_typed(
+                        generation="integer",
+                        model="string",
+                        update_time_col="string",
+                        chunking="boolean",
+                        chunk_overlap="integer",
+                    ),
+                    **_typed(
+                        nullable=True,
+                        chunk_tokens="integer",
+                        embedded_rows="integer",
+                        progress="number",
+                        eta_seconds="number",
+                        building_since="string",
+                        serving_until="string",
+                        kept_until="string",
+                    ),
+                    "state": {"type": "string", "enum": ["serving", "building", "previous"]},
+                    "src_columns": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "Redefinition": {
+                "type": "object",
+                "required": ["job_name", "action", "message"],
+                "properties": {
+                    **_typed(
+                        job_name="string", message="string", id="string", serving_generation="integer", generation="integer"
+                    ),
+                    "action": {"type": "string", "enum": ["building", "unchanged", "cancelled", "rolled_back"]},
+                },
+            },
+            "DryRun": {
+                "type": "object",
+                "description": "What the request would do; nothing was created or changed",
+                "required": ["dry_run", "action", "source_rows", "chunks", "tokens", "method"],
+                "properties": {
+                    **_typed(
+                        dry_run="boolean",
+                        job_name="string",
+                        model="string",
+                        source_rows="integer",
+                        source_rows_estimated="boolean",
+                        method="string",
+                        chunks="integer",
+                        tokens="integer",
+                        embeds="string",
+                        rate_source="string",
+                    ),
+                    **_typed(nullable=True, estimated_seconds="number", rate_tokens_per_second="number"),
+                    "action": {"type": "string", "enum": ["create", "redefine", "unchanged"]},
+                },
+            },
             "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         },
     },
@@ -205,14 +277,24 @@ SPEC: dict[str, Any] = {
         "/api/v1/table": {
             "post": {
                 "summary": "Create a job (idempotent for an identical definition)",
+                "parameters": [_DRY_RUN],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}},
                 },
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
-                        "job created",
+                        {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["id"],
+                                    "properties": {"id": {"type": "string", "format": "uuid"}},
+                                },
+                                {"$ref": "#/components/schemas/DryRun"},
+                            ]
+                        },
+                        "job created (or, with dry_run, what creating it would do)",
                     ),
                     **_errors(400, 403, 404, 409, 413),
                 },
@@ -231,8 +313,24 @@ SPEC: dict[str, Any] = {
                 "summary": "One job: definition, progress, last errors",
                 "responses": {"200": _json({"$ref": "#/components/schemas/JobStatus"}, "the job"), **_errors(404)},
             },
+            "put": {
+                "summary": "Redefine a job online: a new generation is built beside the serving one, then switched to",
+                "parameters": [_DRY_RUN],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [{"$ref": "#/components/schemas/Redefinition"}, {"$ref": "#/components/schemas/DryRun"}]},
+                        "nothing to build (the definition is the serving one), or with dry_run what it would do",
+                    ),
+                    "202": _json({"$ref": "#/components/schemas/Redefinition"}, "the new generation is being built"),
+                    **_errors(400, 403, 404, 409, 413),
+                },
+            },
             "delete": {
-                "summary": "Delete a job with its triggers, queue items and embeddings",
+                "summary": "Delete a job with its triggers, queue items and embeddings (every generation)",
                 "responses": {
                     "200": _json(
                         {
@@ -243,6 +341,16 @@ SPEC: dict[str, Any] = {
                         "deleted",
                     ),
                     **_errors(404),
+                },
+            },
+        },
+        "/api/v1/table/{job_name}/rollback": {
+            "parameters": [{"name": "job_name", "in": "path", "required": True, "schema": _NAME}],
+            "post": {
+                "summary": "Cancel a redefinition being built, or switch back to the previous generation (instant)",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Redefinition"}, "done"),
+                    **_errors(404, 409),
                 },
             },
         },

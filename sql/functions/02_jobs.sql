@@ -444,13 +444,19 @@ begin
         end $body$ $f$,
         v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate);
 
-    -- One trigger per event, each with the transition tables it needs.
+    -- One trigger per event, each with the transition tables it needs. Triggers already in
+    -- place are left alone: dropping one locks the user's table against every reader and
+    -- writer, and a redefinition or switch only needs the function above replaced.
     for v_trigger in select * from (values
         ('_ins', 'after insert on %s referencing new table as new_rows'),
         ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
         ('_del', 'after delete on %s referencing old table as old_rows'),
         ('_trunc', 'after truncate on %s')) as v(suffix, event)
     loop
+        continue when exists (
+            select 1 from pg_catalog.pg_trigger t
+             where t.tgrelid = j.src_relid and t.tgname = 'vectorize_' || j.job_name || v_trigger.suffix
+               and t.tgfoid = format('vectorize.%I()', v_capture)::regprocedure);
         execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || v_trigger.suffix, v_source);
         execute format('create trigger %I ' || format(v_trigger.event, v_source) || ' for each statement execute function vectorize.%I()',
                        'vectorize_' || j.job_name || v_trigger.suffix, v_capture);
