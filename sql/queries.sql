@@ -24,6 +24,13 @@ select name from vectorize.migration;
 -- name: record_migration
 insert into vectorize.migration (name) values (%(name)s);
 
+-- name: functions_applied
+select 1 from vectorize.migration where name = %(name)s;
+
+-- name: forget_functions
+-- The digest of the function files last applied is one row, replaced on every upgrade.
+delete from vectorize.migration where name like 'functions:%';
+
 -- name: refresh_job_objects
 -- After sql/functions/ is applied: rebuild per-job objects made by an older generator.
 select vectorize._refresh_job_objects() as rebuilt;

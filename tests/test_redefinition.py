@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -321,17 +322,25 @@ async def test_dry_run_creates_nothing_and_estimates_the_work(conn, api, start_w
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["kill_worker", "restart_postgres"])
-def test_build_survives_a_killed_worker_and_a_postgres_restart(db_url: str, pg_admin_url: str, catalog, fault: str) -> None:
+def test_build_survives_a_killed_worker_and_a_postgres_restart(
+    db_url: str, pg_admin_url: str, catalog, fault: str, tmp_path
+) -> None:
     """A worker process killed with SIGKILL, or PostgreSQL restarted, in the middle of building
     generation 2: the build resumes and ends with every row embedded once, current, new model."""
     from .test_faults import _pg_ctl
 
     env = {**os.environ, "DATABASE_URL": db_url, "VECTORIZE_POLL_INTERVAL": "0.5"}
 
+    log = tmp_path / "worker.log"
+
     def worker() -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "vectorize", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with log.open("a") as out:
+            return subprocess.Popen([sys.executable, "-m", "vectorize", "worker"], env=env, stdout=out, stderr=out)
+
+    def settled() -> bool:
+        if time.monotonic() > give_up:  # say what the worker was doing, not just that it did not finish
+            raise AssertionError("the build did not finish; worker log tail:\n" + "\n".join(log.read_text().splitlines()[-40:]))
+        return generation_of(conn) == 2 and queue_empty(conn)
 
     with psycopg.connect(db_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         load_descriptions(conn, "docs", 1000)
@@ -359,7 +368,8 @@ def test_build_survives_a_killed_worker_and_a_postgres_restart(db_url: str, pg_a
             proc = worker()
         try:
             conn.execute("update docs set description = description || ' again', updated_at = now() where id % 70 = 0")
-            wait_for(lambda: generation_of(conn) == 2 and queue_empty(conn), 300)
+            give_up = time.monotonic() + 200
+            wait_for(settled, 300)
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0

@@ -3,6 +3,7 @@ table, connection pool factory."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import psycopg
@@ -48,9 +49,12 @@ def ensure_pgvector(conn: psycopg.Connection) -> None:
 def migrate(database_url: str) -> list[str]:
     """Bring the schema up to date in one transaction; returns the migrations it applied.
 
-    Migrations not yet recorded run once, in order. Then every function file is applied
+    Migrations not yet recorded run once, in order. Then, when the function files differ from
+    the ones last applied (their digest is recorded beside the migrations), every one is applied
     again (``create or replace``), so a changed function body reaches a database that was
-    migrated long ago, and per-job objects built by an older generator are rebuilt."""
+    migrated long ago, and per-job objects built by an older generator are rebuilt. A restart of
+    the same release takes no DDL lock at all: re-creating the triggers on vectorize.job would
+    queue behind, and deadlock with, psql sessions reading vectorize.job_status."""
     with psycopg.connect(database_url) as conn:
         ensure_pgvector(conn)
         conn.commit()
@@ -65,8 +69,13 @@ def migrate(database_url: str) -> list[str]:
                 conn.execute(body.encode())  # type: ignore[call-overload]
                 conn.execute(query("record_migration"), {"name": name})
                 applied.append(name)
-            for _, body in function_files():
-                conn.execute(body.encode())  # type: ignore[call-overload]
+            functions = function_files()
+            digest = "functions:" + hashlib.sha256("".join(n + b for n, b in functions).encode()).hexdigest()
+            if applied or conn.execute(query("functions_applied"), {"name": digest}).fetchone() is None:
+                for _, body in functions:
+                    conn.execute(body.encode())  # type: ignore[call-overload]
+                conn.execute(query("forget_functions"))
+                conn.execute(query("record_migration"), {"name": digest})
             row = conn.execute(query("refresh_job_objects")).fetchone()
             rebuilt = row[0] if row else 0
     for name in applied:

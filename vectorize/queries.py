@@ -31,5 +31,5 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 def function_files() -> list[tuple[str, str]]:
-    """Functions, triggers and views in order, as (file name, SQL): re-applied on every start."""
+    """Functions, triggers and views in order, as (file name, SQL): re-applied whenever they change."""
     return [(p.name, p.read_text()) for p in sorted((SQL_DIR / "functions").glob("*.sql"))]
