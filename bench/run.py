@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -27,6 +28,7 @@ import tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import load_texts
+from bench.dry_runs import plan_work, print_comparison, stored_work
 from bench.long_documents import long_document_benchmarks, print_rows
 from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
@@ -152,7 +154,7 @@ def update_latencies(conn: psycopg.Connection, updates: int, label: str, poll: f
     return latencies
 
 
-def database_benchmarks(texts: list[str], updates: int, batch_size: int | None = None) -> dict[str, float]:
+def database_benchmarks(texts: list[str], updates: int, batch_size: int | None = None) -> dict[str, Any]:
     """Backfill a table of the corpus with a worker process, then time single-row updates."""
     parent = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
     parent.chmod(0o755)
@@ -161,7 +163,7 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
     migrate(url)
     with psycopg.connect(url) as conn:
         publish_models(conn, ModelCatalog(MODELS_DIR).local_models())
-    figures: dict[str, float] = {}
+    figures: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table packages (id int primary key, body text, updated_at timestamptz default now())")
         conn.execute("create table packages_again (like packages including all)")
@@ -177,6 +179,16 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
         worker = subprocess.Popen([sys.executable, "-m", "vectorize", "worker"], env=env)
         try:
             wait(lambda: conn.execute("select count(*) from pg_stat_activity where query ilike 'listen%'").fetchone()[0], 120)
+            definition = {
+                "job_name": "packages",
+                "src_schema": "public",
+                "src_table": "packages",
+                "src_columns": ["body"],
+                "primary_key": "id",
+                "update_time_col": "updated_at",
+                "model": MODEL,
+            }
+            figures["plan_create"] = plan_work(url, definition, redefine=False)
             started = time.perf_counter()
             pg_cpu, worker_cpu = cpu_seconds("postgres"), cpu_seconds(pid=worker.pid)
             conn.execute(
@@ -193,6 +205,7 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
             figures["backfill_wall_s"] = time.perf_counter() - started
             figures["backfill_pg_cpu_s"] = cpu_seconds("postgres") - pg_cpu
             figures["backfill_worker_cpu_s"] = cpu_seconds(pid=worker.pid) - worker_cpu
+            figures["real_create"] = stored_work(conn, "packages", 1, MODEL)
             status = Path(f"/proc/{worker.pid}/status").read_text()
             figures["peak_rss_mb"] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
             conn.execute(
@@ -218,6 +231,18 @@ def database_benchmarks(texts: list[str], updates: int, batch_size: int | None =
             figures["busy_still_backfilling"] = float(conn.execute(count).fetchone()[0] < len(texts))
             for p in (50, 95, 99):
                 figures[f"busy_latency_p{p}_ms"] = float(np.percentile(latencies, p))
+            # Online redefinition: the same 5,000 rows switched to the int8 model.
+            wait(lambda: conn.execute("select count(*) from vectorize.queue").fetchone()[0] == 0, 3600, 0.05)
+            figures["plan_redefine"] = plan_work(url, {**definition, "model": INT8_MODEL}, redefine=True)
+            started = time.perf_counter()
+            conn.execute("update vectorize.job set model = %s where job_name = 'packages'", (INT8_MODEL,))
+            wait(
+                lambda: conn.execute("select generation from vectorize.job where job_name = 'packages'").fetchone()[0] == 2,
+                3600,
+                0.05,
+            )
+            figures["redefine_wall_s"] = time.perf_counter() - started
+            figures["real_redefine"] = stored_work(conn, "packages", 2, INT8_MODEL)
         finally:
             worker.terminate()
             worker.wait(15)
@@ -323,6 +348,13 @@ def main() -> None:
     )
     row("that backfill's rows/s meanwhile vs alone", f"{db['busy_backfill_tps']:.1f} / {db['backfill_tps']:.1f}", "")
     print_rows(long_docs, row)
+    print_comparison(f"create, {args.backfill_rows} rows, {MODEL}", db["plan_create"], db["real_create"], db["backfill_wall_s"])
+    print_comparison(
+        f"redefine to {INT8_MODEL} (build beside the serving generation, then switch)",
+        db["plan_redefine"],
+        db["real_redefine"],
+        db["redefine_wall_s"],
+    )
     if not db["busy_still_backfilling"]:
         print("* the backfill ended before the updates did: part of them ran on an idle worker")
 

@@ -16,6 +16,10 @@ import pytest
 
 from vectorize.paths import SQL_DIR
 
+from .helpers import create_job
+
+INT8 = "sentence-transformers/all-MiniLM-L6-v2-int8"
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -61,6 +65,30 @@ def test_demo_then_jobs_commands_and_search(db_url: str) -> None:
     assert vectorize(db_url, "jobs", "delete", "names").returncode == 0
     again = vectorize(db_url, "jobs", "delete", "names")
     assert again.returncode == 1 and "does not exist" in again.stderr
+
+
+def test_jobs_alter_dry_run_show_and_rollback(db_url: str) -> None:
+    """The CLI face of a redefinition: a dry run changes nothing; alter starts generation 2 (shown
+    by jobs show as building, the rest of the definition kept); rollback cancels it."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
+        create_job(conn)
+    planned = vectorize(db_url, "jobs", "alter", "my_job", "--model", INT8, "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "40 source rows" in planned.stdout and "exact" in planned.stdout and "tokens/s" in planned.stdout
+    bad = vectorize(db_url, "jobs", "alter", "my_job", "--columns", "nope")
+    assert bad.returncode == 1 and '"nope" does not exist' in bad.stderr
+    altered = vectorize(db_url, "jobs", "alter", "my_job", "--model", INT8, "--chunk-tokens", "128")
+    assert altered.returncode == 0 and "generation 2 is being built" in altered.stdout, altered.stderr
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("select model, src_columns, chunk_tokens from vectorize.generation").fetchone()
+    assert row == (INT8, ["product_name", "description"], 128)
+    shown = vectorize(db_url, "jobs", "show", "my_job")
+    assert shown.returncode == 0 and "building" in shown.stdout and "serving" in shown.stdout
+    rolled = vectorize(db_url, "jobs", "rollback", "my_job")
+    assert rolled.returncode == 0 and "cancelled" in rolled.stdout
+    nothing = vectorize(db_url, "jobs", "rollback", "my_job")
+    assert nothing.returncode == 1 and "nothing to roll back" in nothing.stderr
 
 
 def test_jobs_wait_fails_when_the_job_fails(db_url: str) -> None:

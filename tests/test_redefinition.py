@@ -379,3 +379,34 @@ def test_build_survives_a_killed_worker_and_a_postgres_restart(
         assert_embeddings_match_text(conn, catalog, INT8, ["description"], 2)
         # The previous generation was kept fresh too (a rollback would serve current text).
         assert_embeddings_match_text(conn, catalog, MODEL, ["description"], 1)
+
+
+async def test_a_change_the_text_does_not_depend_on_embeds_nothing(conn, products, start_worker) -> None:
+    """update_time_col changes: the serving embeddings are copied into generation 2 and the
+    worker only records the new versions; not one text is embedded again."""
+    create_job(conn)
+    handle = start_worker(poll_interval=0.2)
+    await wait_until(
+        lambda: (
+            queue_empty(conn) and conn.execute("select count(*) as n from vectorize._embeddings_my_job").fetchone()["n"] == 40
+        ),
+        60,
+    )
+    before = handle.worker.inferences
+    conn.execute("alter table my_products add column touched timestamptz not null default now()")
+    conn.execute("update vectorize.job set update_time_col = 'touched' where job_name = 'my_job'")
+    await wait_until(lambda: generation_of(conn, "my_job") == 2, 60)
+    assert handle.worker.inferences == before
+    assert conn.execute("select update_time_col from vectorize.job").fetchone()["update_time_col"] == "touched"
+    assert conn.execute('select count(*) as n from vectorize."_embeddings_my_job$2"').fetchone()["n"] == 40
+    # And it follows changes afterwards, by the new column.
+    conn.execute("update my_products set description = 'A tent for two' where product_id = 1")
+    await wait_until(lambda: queue_empty(conn), 20)
+    # Both generations (the previous one is kept fresh) have the same model and text: embedded once.
+    assert handle.worker.inferences == before + 1
+    hashes = [
+        conn.execute(f"select content_hash from {t} where product_id = 1").fetchone()["content_hash"]
+        for t in ('vectorize."_embeddings_my_job$2"', "vectorize._embeddings_my_job")
+    ]
+    name = conn.execute("select product_name from my_products where product_id = 1").fetchone()["product_name"]
+    assert hashes[0] == hashes[1] == content_hash(f"product_name: {name} description: A tent for two")
