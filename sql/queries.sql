@@ -219,7 +219,8 @@ select j.job_name, j.id,
 -- name: search
 select result
   from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s,
-                        %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s, %(generation)s) as result;
+                        %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s, %(generation)s,
+                        %(return_columns)s, %(ef_search)s) as result;
 
 -- name: job_status_all
 select * from vectorize.job_status order by job_name;
@@ -267,8 +268,14 @@ select not exists (select 1 from vectorize.queue q join vectorize.job j on j.id 
 
 -- name: job_definition
 select id, generation, src_schema, src_table, src_columns, primary_key, update_time_col, model,
-       chunking, chunk_tokens, chunk_overlap
+       chunking, chunk_tokens, chunk_overlap, return_columns, ef_search
   from vectorize.job where job_name = %(job_name)s;
+
+-- name: set_search_settings
+-- A job's search settings from a create or redefine request (checked by the job trigger).
+update vectorize.job set return_columns = %(return_columns)s::text[], ef_search = %(ef_search)s::int
+ where job_name = %(job_name)s
+   and (return_columns, ef_search) is distinct from (%(return_columns)s::text[], %(ef_search)s::int);
 
 -- name: definition_sample
 select content, total_rows, total_estimated, exact

@@ -134,3 +134,10 @@ def queue_depth(conn: psycopg.Connection) -> int:
 
 def vector_of(catalog: ModelCatalog, text: str) -> np.ndarray:
     return catalog.get(MODEL).embed([text])[0]
+
+
+async def backfilled_job(conn: psycopg.Connection, start_worker: Callable[..., object], **worker_settings: object) -> None:
+    """The example job, created and fully backfilled by a running worker."""
+    create_job(conn)
+    start_worker(**worker_settings)
+    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)

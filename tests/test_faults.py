@@ -16,16 +16,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from .helpers import MY_JOB, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
+from .helpers import MY_JOB, backfilled_job, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
 MODEL = MY_JOB["model"]
-
-
-async def backfilled_job(conn, start_worker, **worker_settings) -> None:
-    """The example job, created and fully backfilled by a running worker."""
-    create_job(conn)
-    start_worker(**worker_settings)
-    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
 
 
 def job_state(conn, name: str = "my_job") -> dict:

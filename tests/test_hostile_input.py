@@ -116,6 +116,17 @@ def test_any_pasted_text_is_a_valid_query(live_api: str, live_db_url: str, text:
     assert status == 200 and len(answer) == 10, answer
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=300))
+def test_any_unicode_query_answers_through_get_and_post(live_api: str, text: str) -> None:
+    """Arbitrary unicode through both HTTP forms: 200 with results (the semantic half always has some)."""
+    status, answer = request(live_api, "GET", "/api/v1/search?" + urllib.parse.urlencode({"job_name": "my_job", "query": text}))
+    assert status == 200 and len(answer) == 10, answer
+    body = json.dumps({"job_name": "my_job", "query": text, "limit": 3}).encode()
+    status, answer = request(live_api, "POST", "/api/v1/search", body)
+    assert status == 200 and len(answer) == 3, answer
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=300))
 def test_the_full_text_half_accepts_any_text(live_db_url: str, text: str) -> None:

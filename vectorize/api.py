@@ -11,6 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,11 +26,13 @@ from .embedding.errors import EmbedderUnavailable
 from .errors import UserError
 from .openapi import SPEC
 from .queries import query
+from .query_embedding import QueryEmbedder
 
 log = logging.getLogger(__name__)
 
 POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool)
 CATALOG = web.AppKey("catalog", ModelCatalog)
+QUERIES = web.AppKey("queries", QueryEmbedder)
 SETTINGS = web.AppKey("settings", Settings)
 #: Response header of a search that asked for wait_for_sync: "true" when every change
 #: committed before the request was embedded in time, "false" when the wait ran out.
@@ -160,26 +163,48 @@ async def delete_table(request: web.Request) -> web.Response:
     return web.json_response({"job_name": job_name, "message": f"job {job_name} and its embeddings were deleted"})
 
 
-def _search_args(params: dict[str, Any]) -> tuple[str, str, int, dict[str, float], float | None, dict[str, Any]]:
-    """Split search parameters into job, query, limit, ranking options, wait_for_sync and (the rest) filters."""
+@dataclass
+class SearchArgs:
+    job_name: str
+    text: str
+    limit: int
+    ranking: dict[str, float]
+    wait: float | None
+    return_columns: list[str] | None
+    ef_search: int | None
+
+
+def _search_args(params: dict[str, Any]) -> tuple[SearchArgs, dict[str, Any]]:
+    """Split search parameters into the search's own and (the rest) filters."""
     job_name = params.pop("job_name", None)
     text = params.pop("query", None)
     limit = search.parse_limit(params.pop("limit", None))
     ranking = search.parse_ranking(params)
     wait = search.parse_wait_for_sync(params.pop("wait_for_sync", None))
+    return_columns = search.parse_return_columns(params.pop("return_columns", None))
+    ef_search = search.parse_ef_search(params.pop("ef_search", None))
     if not isinstance(job_name, str) or not job_name:
         raise UserError(400, "job_name is required: the job to search")
     if not isinstance(text, str) or not text:
         raise UserError(400, "query is required: the text to search for")
-    return job_name, text, limit, ranking, wait, params
+    return SearchArgs(job_name, text, limit, ranking, wait, return_columns, ef_search), params
 
 
-async def _search_response(
-    request: web.Request, job_name: str, text: str, limit: int, ranking: dict[str, float], wait: float | None, filters: dict
-) -> web.Response:
+async def _search_response(request: web.Request, args: SearchArgs, filters: dict) -> web.Response:
     """Wait for the job to catch up when asked (read-your-writes), then search."""
-    fresh = None if wait is None else await search.wait_until_synced(request.app[POOL], job_name, wait)
-    answer = await search.search(request.app[POOL], request.app[CATALOG], job_name, text, limit, filters, ranking)
+    pool = request.app[POOL]
+    fresh = None if args.wait is None else await search.wait_until_synced(pool, args.job_name, args.wait)
+    answer = await search.search(
+        pool,
+        request.app[QUERIES],
+        args.job_name,
+        args.text,
+        args.limit,
+        filters,
+        args.ranking,
+        args.return_columns,
+        args.ef_search,
+    )
     response = web.json_response(answer.results)
     response.headers[GENERATION_HEADER] = str(answer.generation)
     if fresh is not None:
@@ -193,22 +218,23 @@ async def search_get(request: web.Request) -> web.Response:
         if key in params:
             raise UserError(400, f"query parameter {key!r} is given more than once")
         params[key] = value
-    return await _search_response(request, *_search_args(params))
+    args, filters = _search_args(params)
+    return await _search_response(request, args, filters)
 
 
 async def search_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
-    allowed = {"job_name", "query", "limit", "filters", "wait_for_sync", *search.RANKING_OPTIONS}
+    allowed = {"job_name", "query", "limit", "filters", "wait_for_sync", "return_columns", "ef_search", *search.RANKING_OPTIONS}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise UserError(400, f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
         raise UserError(400, 'filters must be a JSON object of column: value or column: "op.value"')
-    job_name, text, limit, ranking, wait, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
-    return await _search_response(request, job_name, text, limit, ranking, wait, filters)
+    args, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
+    return await _search_response(request, args, filters)
 
 
 async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
@@ -266,6 +292,7 @@ def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, catal
     )
     app[POOL] = pool
     app[CATALOG] = catalog
+    app[QUERIES] = QueryEmbedder(catalog)
     app[SETTINGS] = settings
     app.router.add_post("/api/v1/table", create_table)
     app.router.add_get("/api/v1/table", list_tables)

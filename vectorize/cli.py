@@ -90,7 +90,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     import psycopg
     import psycopg_pool
 
-    from . import console
+    from . import console, search
     from .errors import UserError
     from .service import model_catalog, prepare_database
 
@@ -102,7 +102,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         if args.command == "demo":
             coroutine = console.demo(settings, catalog)
         elif args.command == "search":
-            coroutine = console.search(settings, catalog, args.job_name, args.query, args.limit, args.wait_for_sync)
+            columns = search.parse_return_columns(args.return_columns)
+            coroutine = console.search(settings, catalog, args.job_name, args.query, args.limit, args.wait_for_sync, columns)
         elif args.jobs_command == "list":
             coroutine = console.jobs_list(settings)
         elif args.jobs_command == "show":
@@ -200,6 +201,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job_name")
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--return-columns", metavar="COLS", help="comma-separated columns to show (within the job's return_columns)")
     p.add_argument(
         "--wait-for-sync",
         type=float,

@@ -22,6 +22,7 @@ from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .paths import SQL_DIR
 from .queries import query
+from .query_embedding import QueryEmbedder
 from .search import search as search_rows
 from .search import wait_until_synced
 from .worker import Worker
@@ -217,7 +218,13 @@ async def jobs_wait(settings: Settings, job_name: str, timeout: float | None = N
 
 
 async def search(
-    settings: Settings, catalog: ModelCatalog, job_name: str, text: str, limit: int, wait_for_sync: float | None = None
+    settings: Settings,
+    catalog: ModelCatalog,
+    job_name: str,
+    text: str,
+    limit: int,
+    wait_for_sync: float | None = None,
+    return_columns: list[str] | None = None,
 ) -> int:
     async with _pool(settings) as pool:
         job = await jobs.job_status(pool, job_name)
@@ -225,9 +232,10 @@ async def search(
             console.print(
                 f"[yellow]changes to {job_name} are still being embedded after {wait_for_sync:g}s; results may be stale[/yellow]"
             )
-        results = (await search_rows(pool, catalog, job_name, text, limit)).results
-    # The key and the embedded columns fit a terminal; the API returns every column.
-    columns = [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
+        answer = await search_rows(pool, QueryEmbedder(catalog), job_name, text, limit, return_columns=return_columns)
+        results = answer.results
+    # The key and the embedded columns fit a terminal (the API returns every column), or the ones asked for.
+    columns = return_columns or [job["primary_key"], *(c for c in job["src_columns"] if c != job["primary_key"])]
     table = Table("similarity", *columns, "passage", title=f"{job_name}: {text!r}")
     for r in results:
         passage = " ".join((r["chunk"]["text"] or "").split())

@@ -84,6 +84,7 @@ async def plan(pool: AsyncConnectionPool, catalog: ModelCatalog, definition: dic
                     await conn.execute(query("redefine_job"), params)
                 else:
                     await conn.execute(query("create_job"), params)
+                await conn.execute(query("set_search_settings"), params)
             sample = await (
                 await conn.execute(
                     query("definition_sample"),

@@ -27,6 +27,11 @@ CHUNK_FIELDS: dict[str, tuple[type, object]] = {
     "chunk_tokens": (int, None),
     "chunk_overlap": (int, 32),
 }
+#: Optional search settings (not part of the definition: changing them builds nothing).
+SEARCH_FIELDS: dict[str, tuple[type, object]] = {
+    "return_columns": (list, None),
+    "ef_search": (int, None),
+}
 _TYPE_NAMES = {str: "a string", list: "an array of strings", bool: "true or false", int: "an integer"}
 
 
@@ -38,12 +43,12 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     """Validate the JSON shape of a VectorizeJob; missing fields are left to the database's message."""
     if not isinstance(body, dict):
         raise UserError(400, f"the request body must be a JSON object with the fields {', '.join(JOB_FIELDS)}")
-    unknown = sorted(set(body) - set(JOB_FIELDS) - set(CHUNK_FIELDS))
+    unknown = sorted(set(body) - set(JOB_FIELDS) - set(CHUNK_FIELDS) - set(SEARCH_FIELDS))
     if unknown:
         raise UserError(
             400,
             f"unknown field {unknown[0]!r}; a job has the fields {', '.join(JOB_FIELDS)} "
-            f"and optionally {', '.join(CHUNK_FIELDS)}",
+            f"and optionally {', '.join([*CHUNK_FIELDS, *SEARCH_FIELDS])}",
         )
     missing = [f for f in JOB_FIELDS if f not in body]
     if missing:
@@ -61,8 +66,15 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
         else:
             reject_nul(field, value)
         definition[field] = value
-    for field, (kind, default) in CHUNK_FIELDS.items():
+    for field, (kind, default) in {**CHUNK_FIELDS, **SEARCH_FIELDS}.items():
         value = body.get(field, default)
+        if kind is list and value is not None:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UserError(400, f"{field} must be an array of strings or null, got {_type_name(value)}")
+            for v in value:
+                reject_nul(field, v)
+            definition[field] = value
+            continue
         nullable = default is None
         if not (value is None and nullable) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
@@ -76,8 +88,9 @@ async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> s
     """Insert the job (the trigger validates and builds its objects); returns its id."""
     params = with_defaults(definition)
     with database_errors():
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(query("create_job"), params)).fetchone()
+            await conn.execute(query("set_search_settings"), params)
     assert row is not None
     return str(row["id"])
 
@@ -87,7 +100,7 @@ DEFINITION = (*JOB_FIELDS, *CHUNK_FIELDS)
 
 
 def with_defaults(definition: dict[str, Any]) -> dict[str, Any]:
-    return {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
+    return {**{field: default for field, (_, default) in {**CHUNK_FIELDS, **SEARCH_FIELDS}.items()}, **definition}
 
 
 def same_definition(row: dict[str, Any], definition: dict[str, Any]) -> bool:
@@ -100,7 +113,7 @@ async def job_definition(pool: AsyncConnectionPool, job_name: str) -> dict[str, 
         row = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
     if row is None:
         raise UserError(404, f"job {job_name!r} does not exist")
-    return {"job_name": job_name, **{f: row[f] for f in DEFINITION if f != "job_name"}}
+    return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SEARCH_FIELDS) if f != "job_name"}}
 
 
 async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], keep_seconds: float) -> dict[str, Any]:
@@ -116,6 +129,7 @@ async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], ke
                 raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
             spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
             answer = {"id": str(current["id"]), "job_name": job_name, "serving_generation": current["generation"]}
+            await conn.execute(query("set_search_settings"), params)
             if same_definition(current, params):
                 if spare is not None and spare["state"] == "building":
                     await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})

@@ -45,6 +45,12 @@ QUEUE_DEPTH = Gauge("vectorize_queue_depth", "Queue items waiting, per job", ["j
 FAILED_ROWS = Gauge("vectorize_failed_rows", "Rows parked in vectorize.failure, per job", ["job"], registry=REGISTRY)
 EMBEDDED_ROWS = Gauge("vectorize_embedded_rows", "Rows with an embedding, per job", ["job"], registry=REGISTRY)
 SEARCH_SECONDS = Histogram("vectorize_search_seconds", "Search latency, query embedding included", registry=REGISTRY)
+QUERY_CACHE = Counter(
+    "vectorize_query_cache", "Query texts answered from the cache (hit) or embedded (miss)", ["result"], registry=REGISTRY
+)
+QUERY_BATCH = Histogram(
+    "vectorize_query_batch_texts", "Query texts embedded per inference call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY
+)
 HTTP_REQUESTS = Counter(
     "vectorize_http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=REGISTRY
 )

@@ -50,6 +50,18 @@ _SEARCH_PARAMS = [
         for name, default in RANKING_OPTIONS.items()
     ),
     {
+        "name": "return_columns",
+        "in": "query",
+        "description": "comma-separated source columns each result carries (default: the job's return_columns, else all)",
+        "schema": {"type": "string", "minLength": 1},
+    },
+    {
+        "name": "ef_search",
+        "in": "query",
+        "description": "HNSW candidates kept while searching: higher finds more of the true nearest rows, slower",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
         "name": "wait_for_sync",
         "in": "query",
         "description": "Read-your-writes: wait up to this many seconds until every change to the job's table committed "
@@ -127,6 +139,19 @@ SPEC: dict[str, Any] = {
                         "default": 32,
                         "description": "tokens shared by neighbours",
                     },
+                    "return_columns": {
+                        "type": "array",
+                        "nullable": True,
+                        "items": {"type": "string"},
+                        "description": "the only source columns search may return for this job (default: all)",
+                    },
+                    "ef_search": {
+                        "type": "integer",
+                        "nullable": True,
+                        "minimum": 1,
+                        "maximum": 1000,
+                        "description": "the job's default HNSW ef_search (default: pgvector's 40)",
+                    },
                 },
             },
             "SearchRequest": {
@@ -143,6 +168,8 @@ SPEC: dict[str, Any] = {
                     },
                     **{name: {"type": "number", "minimum": 0, "default": default} for name, default in RANKING_OPTIONS.items()},
                     "wait_for_sync": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_SYNC},
+                    "return_columns": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                    "ef_search": {"type": "integer", "minimum": 1, "maximum": 1000},
                 },
             },
             "SearchResult": {
@@ -155,8 +182,8 @@ SPEC: dict[str, Any] = {
                         "description": "the passage of the row's text that matched best, with its character offsets",
                         "properties": _typed(index="integer", start="integer", end="integer", text="string"),
                     },
-                    **_typed(similarity_score="number", rrf_score="number"),
-                    **_typed(nullable=True, semantic_rank="integer", fts_rank="integer"),
+                    **_typed(rrf_score="number"),
+                    **_typed(nullable=True, semantic_rank="integer", fts_rank="integer", similarity_score="number"),
                 },
             },
             "JobStatus": {
@@ -183,6 +210,7 @@ SPEC: dict[str, Any] = {
                     **_typed(
                         nullable=True,
                         chunk_tokens="integer",
+                        ef_search="integer",
                         status_message="string",
                         waiting_reason="string",
                         waiting_until="string",
@@ -196,6 +224,7 @@ SPEC: dict[str, Any] = {
                     ),
                     "id": {"type": "string", "format": "uuid"},
                     "src_columns": {"type": "array", "items": {"type": "string"}},
+                    "return_columns": {"type": "array", "nullable": True, "items": {"type": "string"}},
                     "generation": {"type": "integer", "description": "the generation that serves search"},
                     "generations": {
                         "type": "array",

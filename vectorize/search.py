@@ -11,9 +11,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
-from .embedding.catalog import ModelCatalog
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
+from .query_embedding import QueryEmbedder
 
 MAX_LIMIT = 1000
 #: Longest read-your-writes wait a request may ask for.
@@ -87,6 +87,31 @@ async def wait_until_synced(pool: AsyncConnectionPool, job_name: str, timeout: f
             await asyncio.sleep(SYNC_POLL_SECONDS)
 
 
+def parse_return_columns(raw: object) -> list[str] | None:
+    """``return_columns``: a comma-separated string (GET) or an array of strings (POST); None: all."""
+    if raw is None or raw == "":
+        return None
+    names = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise UserError(400, "return_columns must name columns: col1,col2 (GET) or an array of column names (POST)")
+    for name in names:
+        reject_nul("return_columns", name)
+    return [n.strip() for n in names]
+
+
+def parse_ef_search(raw: object) -> int | None:
+    """``ef_search``: HNSW candidates kept while searching (1 to 1000; more = better recall, slower)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(raw, bool) or isinstance(raw, float) or not 1 <= value <= 1000:
+        raise UserError(400, f"ef_search must be an integer from 1 to 1000, got {raw!r}")
+    return value
+
+
 @dataclass
 class Answer:
     """A search's results and the generation of the job that ranked them (it changes when a
@@ -98,12 +123,14 @@ class Answer:
 
 async def search(
     pool: AsyncConnectionPool,
-    catalog: ModelCatalog,
+    queries: QueryEmbedder,
     job_name: str,
     text: str,
     limit: int = 10,
     filters: dict[str, Any] | None = None,
     ranking: dict[str, float] | None = None,
+    return_columns: list[str] | None = None,
+    ef_search: int | None = None,
 ) -> Answer:
     """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL).
     The query is embedded with the serving generation's model and ranked in that generation, even
@@ -115,11 +142,12 @@ async def search(
         reject_nul(f"filter {key!r}", key)
         if isinstance(value, str):
             reject_nul(f"filter {key!r}", value)
+    options = {**RANKING_OPTIONS, **(ranking or {}), "return_columns": return_columns, "ef_search": ef_search}
     with metrics.SEARCH_SECONDS.time():
         for attempt in (1, 2):
             try:
                 with database_errors():
-                    return await _search_once(pool, catalog, job_name, text, limit, filters, ranking)
+                    return await _search_once(pool, queries, job_name, text, limit, filters, options)
             except UserError as exc:
                 if exc.status != 409 or "no longer exists" not in exc.message or attempt == 2:
                     raise
@@ -128,19 +156,19 @@ async def search(
 
 async def _search_once(
     pool: AsyncConnectionPool,
-    catalog: ModelCatalog,
+    queries: QueryEmbedder,
     job_name: str,
     text: str,
     limit: int,
     filters: dict[str, Any] | None,
-    ranking: dict[str, float] | None,
+    options: dict[str, Any],
 ) -> Answer:
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
         if row is None:
             raise UserError(404, f"job {job_name!r} does not exist")
-        encoder = await asyncio.to_thread(catalog.get, row["model"])
-        (vector,) = await asyncio.to_thread(encoder.embed, [text])
+        # A search that ranks by text alone needs no vector.
+        vector = await queries.embed(row["model"], text) if options["semantic_wt"] > 0 else None
         cur = await conn.execute(
             query("search"),
             {
@@ -149,8 +177,7 @@ async def _search_once(
                 "limit": limit,
                 "filters": Jsonb(filters or {}),
                 "query": text,
-                **RANKING_OPTIONS,
-                **(ranking or {}),
+                **options,
                 "generation": row["generation"],
             },
         )

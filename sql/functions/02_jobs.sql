@@ -124,6 +124,33 @@ begin
     return new;
 end $$;
 
+-- A job's search settings (not part of its definition: changing them builds nothing).
+create or replace function vectorize._check_search_settings(j vectorize.job) returns void
+language plpgsql stable as $$
+declare
+    v_col  text;
+    v_cols text;
+begin
+    if j.ef_search is not null and (j.ef_search < 1 or j.ef_search > 1000) then
+        perform vectorize._fail('VZ400', format('ef_search %s is out of range: use 1 to 1000, or null for the default', j.ef_search));
+    end if;
+    if j.return_columns is null then
+        return;
+    end if;
+    if cardinality(j.return_columns) = 0 or array_position(j.return_columns, null) is not null then
+        perform vectorize._fail('VZ400', 'return_columns must name at least one column (or be null: every column)');
+    end if;
+    foreach v_col in array j.return_columns loop
+        if not exists (select 1 from pg_catalog.pg_attribute a
+                        where a.attrelid = j.src_relid and a.attname = v_col and a.attnum > 0 and not a.attisdropped) then
+            select string_agg(a.attname, ', ' order by a.attnum) into v_cols
+              from pg_catalog.pg_attribute a where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped;
+            perform vectorize._fail('VZ400', format('return_columns names %s, which is not a column of %I.%I; columns are: %s',
+                                                    to_json(v_col), j.src_schema, j.src_table, v_cols));
+        end if;
+    end loop;
+end $$;
+
 -- The definition columns a user writes, as one comparable value.
 create or replace function vectorize._definition(j vectorize.job) returns text[]
 language sql immutable as $$
@@ -137,6 +164,7 @@ declare
     v_existing vectorize.job;
 begin
     new := vectorize._check_definition(new);
+    perform vectorize._check_search_settings(new);
     -- Same name again: identical definition is a no-op (scripts can re-run), a different one is a conflict.
     select * into v_existing from vectorize.job j where j.job_name = new.job_name;
     if found then
@@ -181,6 +209,9 @@ begin
             format('job_name, src_schema, src_table and primary_key of job %s cannot change: they would make another job; '
                    'create a new job instead (its model, src_columns, update_time_col and chunking can be redefined)',
                    to_json(old.job_name)));
+    end if;
+    if (old.return_columns, old.ef_search) is distinct from (new.return_columns, new.ef_search) then
+        perform vectorize._check_search_settings(new);
     end if;
     if vectorize._definition(old) is not distinct from vectorize._definition(new) then
         return new;

@@ -88,12 +88,59 @@ begin
     end;
 end $$;
 
+-- The columns a search returns: the caller's choice (p_columns) within the job's allowlist
+-- (job.return_columns), or the allowlist, or every column (null). A name that is not a column,
+-- or not allowed, is a VZ400 that names it.
+create or replace function vectorize._returned_columns(j vectorize.job, p_columns text[]) returns text[]
+language plpgsql stable as $$
+declare
+    v_col  text;
+    v_cols text;
+begin
+    if p_columns is null then
+        return j.return_columns;
+    end if;
+    if cardinality(p_columns) = 0 then
+        perform vectorize._fail('VZ400', 'return_columns is empty: name the columns to return, or leave it out for all');
+    end if;
+    foreach v_col in array p_columns loop
+        if not exists (select 1 from pg_catalog.pg_attribute a
+                        where a.attrelid = j.src_relid and a.attname = v_col and a.attnum > 0 and not a.attisdropped) then
+            select string_agg(a.attname, ', ' order by a.attnum) into v_cols
+              from pg_catalog.pg_attribute a where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped;
+            perform vectorize._fail('VZ400', format('return_columns names %s, which is not a column of %I.%I; columns are: %s',
+                                                    to_json(coalesce(v_col, 'null')), j.src_schema, j.src_table, v_cols));
+        end if;
+        if j.return_columns is not null and not v_col = any(j.return_columns) then
+            perform vectorize._fail('VZ400', format('column %s is not among the columns job %s may return: %s',
+                                                    to_json(v_col), to_json(j.job_name), array_to_string(j.return_columns, ', ')));
+        end if;
+    end loop;
+    return p_columns;
+end $$;
+
+-- How many rows of the source the filter matches, as the planner estimates it (no scan).
+create or replace function vectorize._estimated_matches(j vectorize.job, p_filter text) returns float8
+language plpgsql as $$
+declare
+    v_plan json;
+begin
+    execute format('explain (format json) select 1 from %s s where %s', vectorize._source(j), p_filter) into v_plan;
+    return (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
+end $$;
+
 -- Nearest rows by vector (each row by its best chunk, returned as "chunk" with its
 -- text and offsets), fused with full-text matches of the query text:
 -- rrf_score = semantic_wt / (rrf_k + semantic_rank) + fts_wt / (rrf_k + fts_rank),
 -- a missing rank contributing nothing. Without query text it is a pure vector search.
+-- A half whose weight is 0 is not computed at all (semantic_wt = 0 needs no vector).
+-- A filter the planner expects to match at most 5,000 rows ranks those rows exactly (their
+-- chunks found through the source's own indexes, every distance computed: exact recall);
+-- a wider one walks the HNSW index with iterative scans until enough rows pass it.
 -- p_generation: answer from that generation of the job (the serving one or the one kept
--- beside it); by default the serving one.
+-- beside it); by default the serving one. p_return_columns: which source columns each
+-- result carries (within the job's return_columns). p_ef_search: HNSW ef_search for this
+-- query (default: the job's, else pgvector's 40).
 create or replace function vectorize.search(
     p_job_name        text,
     p_query_embedding vector,
@@ -103,17 +150,26 @@ create or replace function vectorize.search(
     p_semantic_wt     float8  default 1.0,
     p_fts_wt          float8  default 1.0,
     p_rrf_k           float8  default 60,
-    p_generation      int     default null)
+    p_generation      int     default null,
+    p_return_columns  text[]  default null,
+    p_ef_search       int     default null)
 returns setof jsonb language plpgsql as $$
 declare
     -- The serving generation, or the one the caller embedded its query for (an API request
     -- that raced a switch still ranks against the generation its query vector belongs to).
     j vectorize.job := vectorize._generation_job((vectorize._job_by_name(p_job_name)).id, p_generation);
-    v_filter  text;
-    v_chunked boolean;
-    v_chunks  int;
-    v_rows    int;
-    v_seen    int;
+    v_emb      text;
+    v_filter   text;
+    v_columns  text[];
+    v_text     tsquery;
+    v_semantic boolean;
+    v_exact    boolean := false;
+    v_chunked  boolean;
+    v_chunks   int;
+    v_rows     int;
+    v_seen     int;
+    v_hits     text;
+    v_ef       int;
 begin
     if p_num_results is null or p_num_results < 1 then
         perform vectorize._fail('VZ400', 'num_results must be a positive integer');
@@ -121,6 +177,9 @@ begin
     if p_rrf_k is null or p_rrf_k < 0 or p_semantic_wt is null or p_fts_wt is null
        or p_semantic_wt < 0 or p_fts_wt < 0 then
         perform vectorize._fail('VZ400', 'semantic_wt, fts_wt and rrf_k must be non-negative numbers');
+    end if;
+    if p_ef_search is not null and (p_ef_search < 1 or p_ef_search > 1000) then
+        perform vectorize._fail('VZ400', format('ef_search %s is out of range: use 1 to 1000', p_ef_search));
     end if;
     if j.status = 'failed' then
         perform vectorize._fail('VZ409', format('job %s has failed: %s', to_json(j.job_name), j.status_message),
@@ -132,14 +191,27 @@ begin
         perform vectorize._fail('VZ409', format('the source table of job %s no longer exists', to_json(j.job_name)),
                                 'delete the job');
     end;
+    v_emb := vectorize._embeddings_table(j.job_name, j.generation);
     v_filter := vectorize._filter_clause(j, p_filters);
+    v_columns := vectorize._returned_columns(j, p_return_columns);
+    v_semantic := p_semantic_wt > 0 and p_query_embedding is not null;
+    v_text := case when p_fts_wt > 0 then vectorize._text_query(p_query_text) end;
+    v_ef := coalesce(p_ef_search, j.ef_search);
+    if v_ef is not null then
+        perform set_config('hnsw.ef_search', v_ef::text, true);
+    end if;
     -- Filtered HNSW scans keep going until enough rows pass the filter, so a
     -- selective filter still yields num_results rows when that many match.
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
     -- A query of only stop words is fine here; keep PostgreSQL's NOTICE about it off the client.
     perform set_config('client_min_messages', 'warning', true);
+    if v_semantic and v_filter <> 'true' then
+        v_exact := vectorize._estimated_matches(j, v_filter) <= 5000;
+    end if;
     v_chunks := p_num_results;
-    execute format('select exists (select 1 from %s where chunk > 0)', vectorize._embeddings_table(j.job_name, j.generation)) into v_chunked;
+    if v_semantic and not v_exact then
+        execute format('select exists (select 1 from %s where chunk > 0)', v_emb) into v_chunked;
+    end if;
     if v_chunked then
         -- Rows rank by their best chunk, each row once: look at enough nearest chunks to
         -- find num_results distinct rows (or all there are).
@@ -149,17 +221,27 @@ begin
                 'select count(distinct h.pk), count(*)
                    from (select e.%3$I as pk from %1$s e join %2$s s on s.%3$I = e.%3$I
                           where %4$s order by e.embedding <=> $1 limit $2) h',
-                vectorize._embeddings_table(j.job_name, j.generation), vectorize._source(j), j.primary_key, v_filter)
+                v_emb, vectorize._source(j), j.primary_key, v_filter)
               into v_rows, v_seen using p_query_embedding, v_chunks;
             exit when v_rows >= p_num_results or v_seen < v_chunks or v_chunks >= 1000000;
             v_chunks := v_chunks * 4;
         end loop;
     end if;
+    v_hits := case
+        when not v_semantic then
+            format('select null::%s as pk, null::float8 as distance where false', j.pk_type)
+        when v_exact then
+            -- "+ 0": an expression the HNSW index cannot order by, so every matching chunk is measured.
+            format('select e.%3$I as pk, e.embedding <=> $1 as distance
+                      from %2$s s join %1$s e on e.%3$I = s.%3$I
+                     where %4$s order by (e.embedding <=> $1) + 0', v_emb, vectorize._source(j), j.primary_key, v_filter)
+        else
+            format('select e.%3$I as pk, e.embedding <=> $1 as distance
+                      from %1$s e join %2$s s on s.%3$I = e.%3$I
+                     where %4$s order by e.embedding <=> $1 limit $7', v_emb, vectorize._source(j), j.primary_key, v_filter)
+    end;
     return query execute format(
-        'with hits as (
-             select e.%3$I as pk, e.embedding <=> $1 as distance
-               from %1$s e join %2$s s on s.%3$I = e.%3$I
-              where %4$s order by e.embedding <=> $1 limit $7),
+        'with hits as (%6$s),
          semantic as (
              select b.pk, row_number() over (order by b.distance) as rank
                from (select distinct on (h.pk) h.pk, h.distance from hits h order by h.pk, h.distance) b
@@ -177,8 +259,9 @@ begin
          best as (
              select distinct on (e.%3$I) e.%3$I as pk, e.chunk, e.chunk_start, e.chunk_end, e.embedding <=> $1 as distance
                from %1$s e join fused fu on fu.pk = e.%3$I
-              order by e.%3$I, e.embedding <=> $1)
-         select to_jsonb(s) || jsonb_build_object(
+              order by e.%3$I, e.embedding <=> $1 nulls last, e.chunk)
+         select coalesce((select jsonb_object_agg(c.key, c.value) from jsonb_each(to_jsonb(s)) c
+                           where $8::text[] is null or c.key = any($8::text[])), ''{}'') || jsonb_build_object(
                     ''similarity_score'', 1 - b.distance,
                     ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score,
                     ''chunk'', jsonb_build_object(
@@ -191,6 +274,6 @@ begin
            cross join lateral (select %5$s as content) t
           order by fu.rrf_score desc, b.distance
           limit $2',
-        vectorize._embeddings_table(j.job_name, j.generation), vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j))
-    using p_query_embedding, p_num_results, vectorize._text_query(p_query_text), p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks;
+        v_emb, vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j), v_hits)
+    using p_query_embedding, p_num_results, v_text, p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks, v_columns;
 end $$;

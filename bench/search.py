@@ -1,0 +1,225 @@
+"""Search at scale (``make bench-search``): latency of each kind of query through the real HTTP API,
+recall@10 of the semantic ranking against exact cosine, and throughput with concurrent clients,
+on the Debian corpus (63,436 real package descriptions, int8 model by default).
+
+Every figure is printed with the CPU it was measured on; nothing is compared against a constant
+here except the issue's targets, printed beside the figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import psycopg
+from aiohttp import web
+from pgvector.psycopg import register_vector
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import cpu_model  # noqa: E402
+from vectorize.api import create_app  # noqa: E402
+from vectorize.config import Settings  # noqa: E402
+from vectorize.db import make_pool, migrate, publish_models  # noqa: E402
+from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
+from vectorize.local_postgres import embedded_postgres  # noqa: E402
+from vectorize.paths import MODELS_DIR  # noqa: E402
+from vectorize.worker import Worker  # noqa: E402
+
+CORPUS = ROOT / "bench" / "data" / "debian_descriptions.jsonl.gz"
+INT8 = "sentence-transformers/all-MiniLM-L6-v2-int8"
+
+
+def load(rows: int) -> list[dict]:
+    items = []
+    with gzip.open(CORPUS, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            items.append(json.loads(line))
+            if len(items) >= rows:
+                break
+    return items
+
+
+def percentiles(samples: list[float]) -> str:
+    p50, p95, p99 = (float(np.percentile(samples, q)) for q in (50, 95, 99))
+    return f"{p50:.1f} / {p95:.1f} / {p99:.1f}"
+
+
+async def build(url: str, items: list[dict], model: str) -> float:
+    """The table, the job, and a full backfill by an in-process worker; returns its seconds."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table packages (id int primary key, package text, section text, description text,"
+            " updated_at timestamptz not null default now())"
+        )
+        with conn.cursor().copy("copy packages (id, package, section, description) from stdin") as copy:
+            for i, item in enumerate(items, 1):
+                long_text = " ".join(p.strip() for p in item["long_description"].splitlines() if p.strip())
+                copy.write_row((i, item["package"], item["section"], f"{item['short_description']}. {long_text}"))
+        conn.execute("create index on packages (section)")
+        conn.execute(
+            "insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model)"
+            " values ('packages', 'public', 'packages', '{package,description}', 'id', 'updated_at', %s)",
+            (model,),
+        )
+    settings = Settings(database_url=url)
+    worker = Worker(replace(settings), ModelCatalog(MODELS_DIR))
+    started = time.perf_counter()
+    await worker.pool.open()
+    try:
+        await worker.drain()
+    finally:
+        await worker.pool.close()
+    seconds = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("analyze packages")
+        conn.execute("analyze vectorize._embeddings_packages")
+    return seconds
+
+
+def exact_top10(url: str, catalog: ModelCatalog, model: str, queries: list[str]) -> list[list[int]]:
+    """Each query's 10 nearest rows by exact cosine over every stored chunk (a row by its best chunk)."""
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        rows = conn.execute("select id, embedding from vectorize._embeddings_packages").fetchall()
+    ids = np.array([r[0] for r in rows])
+    matrix = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
+    vectors = catalog.get(model).embed(queries)
+    tops = []
+    for q in vectors:
+        scores = matrix @ q
+        order = np.argsort(-scores)
+        seen: list[int] = []
+        for k in order:
+            if int(ids[k]) not in seen:
+                seen.append(int(ids[k]))
+            if len(seen) == 10:
+                break
+        tops.append(seen)
+    return tops
+
+
+async def timed(session: aiohttp.ClientSession, base: str, params: dict) -> tuple[float, list[dict]]:
+    started = time.perf_counter()
+    async with session.get(f"{base}/api/v1/search", params=params) as response:
+        body = await response.json()
+        assert response.status == 200, body
+    return 1000 * (time.perf_counter() - started), body
+
+
+async def measure(url: str, model: str, queries: list[str], clients: int, rows: int) -> None:
+    catalog = ModelCatalog(MODELS_DIR)
+    settings = Settings(database_url=url)
+    pool = make_pool(url, min_size=2, max_size=12)
+    await pool.open()
+    app = create_app(settings, pool, catalog)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    with psycopg.connect(url) as conn:
+        sections = conn.execute(
+            "select section, count(*) from packages group by 1 order by abs(count(*) - %s) limit 1", (0.03 * rows,)
+        ).fetchone()
+        wide = conn.execute(
+            "select section, count(*) from packages group by 1 order by abs(count(*) - %s) limit 1", (0.18 * rows,)
+        ).fetchone()
+    kinds = {
+        "semantic only (fts_wt=0)": {"fts_wt": "0"},
+        "hybrid (default)": {},
+        f"filter ~{100 * wide[1] / rows:.0f}% (section={wide[0]})": {"section": wide[0]},
+        f"filter ~{100 * sections[1] / rows:.1f}% (section={sections[0]})": {"section": sections[0]},
+        "filter <1% (id=lt.500)": {"id": "lt.500"},
+        "filter 0.1% (id=lt.64)": {"id": "lt.64"},
+    }
+    title = f"query kind, GET /api/v1/search, limit 10, {len(queries)} distinct queries"
+    print(f"\n| {title} | p50 / p95 / p99 (ms) | rows returned (min) |")
+    print("|---|---|---|")
+    async with aiohttp.ClientSession() as session:
+        await timed(session, base, {"job_name": "packages", "query": "warm up"})
+        for label, extra in kinds.items():
+            latencies, returned = [], []
+            for q in queries:
+                ms, body = await timed(session, base, {"job_name": "packages", "query": q, **extra})
+                latencies.append(ms)
+                returned.append(len(body))
+            print(f"| {label} | {percentiles(latencies)} | {min(returned)} |")
+
+        # Recall@10 of the semantic ranking at the default ef_search, and at a higher one.
+        exact = exact_top10(url, catalog, model, queries)
+        for ef in (None, 100, 200):
+            recalls, latencies = [], []
+            for q, want in zip(queries, exact, strict=True):
+                params = {"job_name": "packages", "query": q, "fts_wt": "0"}
+                if ef:
+                    params["ef_search"] = str(ef)
+                ms, body = await timed(session, base, params)
+                latencies.append(ms)
+                recalls.append(len({r["id"] for r in body} & set(want)) / 10)
+            print(
+                f"recall@10, semantic, ef_search={ef or 'default (40)'}: mean {statistics.mean(recalls):.3f}, "
+                f"min {min(recalls):.1f}; p50 / p95 / p99 {percentiles(latencies)} ms"
+            )
+
+        # Concurrent clients, hybrid queries, every text distinct (no cache hits).
+        pending = [f"{q} {i}" for i, q in enumerate(queries * 2)]
+        latencies = []
+
+        async def client() -> None:
+            while pending:
+                ms, _ = await timed(session, base, {"job_name": "packages", "query": pending.pop()})
+                latencies.append(ms)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+        print(
+            f"{clients} concurrent clients, hybrid: {len(latencies) / elapsed:.0f} requests/s, "
+            f"p50 / p95 / p99 {percentiles(latencies)} ms (target >= 200 req/s, p99 <= 100 ms)"
+        )
+    with psycopg.connect(url) as conn:
+        size = conn.execute("select pg_size_pretty(pg_relation_size('vectorize._embeddings_packages_hnsw'))").fetchone()[0]
+    print(f"HNSW index size: {size}")
+    await runner.cleanup()
+    await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=63436)
+    parser.add_argument("--model", default=INT8)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    print(f"CPU: {cpu_model()}")
+    items = load(args.rows)
+    # Queries a user would type: short descriptions of random packages, not their own text.
+    queries = [item["short_description"] for item in random.Random(7).sample(items, args.queries)]
+    parent = Path(tempfile.mkdtemp(prefix="vectorize-search-"))
+    parent.chmod(0o755)
+    server = embedded_postgres().get_server(parent / "data", cleanup_mode="delete")
+    url = server.get_uri()
+    migrate(url)
+    with psycopg.connect(url) as conn:
+        publish_models(conn, ModelCatalog(MODELS_DIR).local_models())
+    seconds = asyncio.run(build(url, items, args.model))
+    print(f"{len(items)} rows embedded with {args.model} in {seconds:.0f} s ({len(items) / seconds:.0f} rows/s)")
+    asyncio.run(measure(url, args.model, queries, args.clients, len(items)))
+    server.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Search options: which columns come back (per request and per job, enforced in SQL), ef_search,
+skipping a half whose weight is 0, exact ranking under a selective filter, and query embeddings
+shared by concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import psycopg
+import pytest
+
+from vectorize.metrics import REGISTRY
+from vectorize.query_embedding import QueryEmbedder
+
+from .helpers import MODEL, backfilled_job
+
+QUERY = "camping gear"
+
+
+async def search(api, **params) -> tuple[int, object]:
+    response = await api.get("/api/v1/search", params={"job_name": "my_job", "query": QUERY, **params})
+    return response.status, await response.json()
+
+
+async def test_return_columns_per_request_and_per_job(conn, products, start_worker, api) -> None:
+    await backfilled_job(conn, start_worker)
+    status, rows = await search(api, return_columns="product_name,price")
+    assert status == 200 and set(rows[0]) == {
+        "product_name",
+        "price",
+        "similarity_score",
+        "semantic_rank",
+        "fts_rank",
+        "rrf_score",
+        "chunk",
+    }
+    response = await api.post("/api/v1/search", json={"job_name": "my_job", "query": QUERY, "return_columns": ["product_id"]})
+    assert {
+        k for k in (await response.json())[0] if k not in ("similarity_score", "semantic_rank", "fts_rank", "rrf_score", "chunk")
+    } == {"product_id"}
+    status, error = await search(api, return_columns="product_name,email")
+    assert status == 400 and '"email"' in error["error"] and "columns are:" in error["error"]
+
+    # The job's allowlist: nothing outside it, by default or on request, from HTTP or SQL.
+    conn.execute("update vectorize.job set return_columns = '{product_id,product_name}' where job_name = 'my_job'")
+    status, rows = await search(api)
+    assert (
+        status == 200
+        and {"product_id", "product_name"} <= set(rows[0])
+        and "description" not in rows[0]
+        and "price" not in rows[0]
+    )
+    status, error = await search(api, return_columns="price")
+    assert status == 400 and "not among the columns job" in error["error"]
+    result = conn.execute(
+        "select r from vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1), 3) r"
+    ).fetchone()["r"]
+    assert "price" not in result and "description" not in result and "product_name" in result
+    with pytest.raises(psycopg.DatabaseError, match="not among the columns"):
+        with conn.transaction():
+            conn.execute(
+                "select vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1), 3, '{}', null, 1, 1, 60, null, '{price}')"
+            )
+    with pytest.raises(psycopg.DatabaseError, match='"nope", which is not a column'):
+        with conn.transaction():
+            conn.execute("update vectorize.job set return_columns = '{nope}'")
+    # Through the API's job definition as well.
+    job = await (await api.get("/api/v1/table/my_job")).json()
+    assert job["return_columns"] == ["product_id", "product_name"]
+
+
+async def test_ef_search_and_weights_of_zero(conn, products, start_worker, api) -> None:
+    await backfilled_job(conn, start_worker)
+    status, rows = await search(api, ef_search="200")
+    assert status == 200 and rows[0]["product_name"] == "Backpack"
+    for bad in ("0", "1001", "x", "1.5"):
+        status, error = await search(api, ef_search=bad)
+        assert status == 400 and "ef_search" in error["error"]
+    with pytest.raises(psycopg.DatabaseError, match="ef_search 0 is out of range"):
+        with conn.transaction():
+            conn.execute("update vectorize.job set ef_search = 0")
+    conn.execute("update vectorize.job set ef_search = 100")
+
+    # fts_wt = 0: the full-text half is not computed (no fts rank anywhere).
+    status, rows = await search(api, fts_wt="0", query="backpack")
+    assert status == 200 and len(rows) == 10 and all(r["fts_rank"] is None for r in rows)
+    # semantic_wt = 0: no vector at all; only rows whose words match, no similarity.
+    status, rows = await search(api, semantic_wt="0", query="backpack")
+    assert status == 200 and [r["product_name"] for r in rows] == ["Backpack"]
+    assert rows[0]["semantic_rank"] is None and rows[0]["similarity_score"] is None and rows[0]["fts_rank"] == 1
+    # Neither half has anything to go on: an empty answer, not an error.
+    status, rows = await search(api, semantic_wt="0", query="the of and")
+    assert status == 200 and rows == []
+
+
+async def test_a_selective_filter_ranks_its_rows_exactly(conn, products, start_worker, api, catalog) -> None:
+    """Few matching rows: their ranking is the exact cosine order over every one of them."""
+    from pgvector.psycopg import register_vector
+
+    await backfilled_job(conn, start_worker)
+    register_vector(conn)
+    query = catalog.get(MODEL).embed([QUERY])[0]
+    rows = conn.execute(
+        "select p.product_id, e.embedding from my_products p join vectorize._embeddings_my_job e using (product_id) where p.price <= 20"
+    ).fetchall()
+    exact = sorted(((float(query @ r["embedding"].to_numpy()), r["product_id"]) for r in rows), reverse=True)
+    status, found = await search(api, price="lte.20", fts_wt="0", limit="5")
+    assert status == 200
+    assert [r["product_id"] for r in found] == [pk for _, pk in exact[:5]]
+    assert np.allclose([r["similarity_score"] for r in found], [s for s, _ in exact[:5]], atol=1e-4)
+    plan = conn.execute(
+        'select vectorize._estimated_matches(j, vectorize._filter_clause(j, \'{"price": "lte.20"}\')) as n from vectorize.job j'
+    ).fetchone()["n"]
+    assert plan <= 5000  # the planner's estimate chose the exact path
+
+
+async def test_concurrent_queries_share_inference_and_repeats_come_from_the_cache(catalog) -> None:
+    queries = QueryEmbedder(catalog, parallel=1)
+    texts = [f"query number {i} about packages" for i in range(16)]
+    calls = REGISTRY.get_sample_value("vectorize_query_batch_texts_count") or 0.0
+    vectors = await asyncio.gather(*(queries.embed(MODEL, t) for t in texts))
+    batches = (REGISTRY.get_sample_value("vectorize_query_batch_texts_count") or 0.0) - calls
+    assert batches < len(texts) / 2  # the queries that arrived during the first call went in together
+    alone = catalog.get(MODEL).embed(texts)
+    assert float(np.min(np.sum(np.stack(vectors) * alone, axis=1))) > 0.9999
+    hits = REGISTRY.get_sample_value("vectorize_query_cache_total", {"result": "hit"}) or 0.0
+    again = await queries.embed(MODEL, texts[3])
+    assert REGISTRY.get_sample_value("vectorize_query_cache_total", {"result": "hit"}) == hits + 1
+    assert np.array_equal(again, vectors[3])
