@@ -6,7 +6,7 @@ import pytest
 
 from vectorize.errors import UserError
 from vectorize.jobs import parse_job_definition
-from vectorize.search import parse_limit, parse_ranking, parse_wait_for_sync
+from vectorize.search import parse_ef_search, parse_limit, parse_ranking, parse_return_columns, parse_wait_for_sync
 
 
 def test_limit() -> None:
@@ -41,7 +41,17 @@ def test_job_definition_shape() -> None:
         "update_time_col": "u",
         "model": "m",
     }
-    assert parse_job_definition(body) == {**body, "chunking": True, "chunk_tokens": None, "chunk_overlap": 32}
+    assert parse_job_definition(body) == {
+        **body,
+        "chunking": True,
+        "chunk_tokens": None,
+        "chunk_overlap": 32,
+        "return_columns": None,
+        "ef_search": None,
+    }
+    assert parse_job_definition({**body, "return_columns": ["a", "id"]})["return_columns"] == ["a", "id"]
+    with pytest.raises(UserError, match="return_columns must be an array of strings or null, got str"):
+        parse_job_definition({**body, "return_columns": "a"})
     assert parse_job_definition({**body, "chunk_tokens": 128})["chunk_tokens"] == 128
     with pytest.raises(UserError, match="unknown field 'extra'"):
         parse_job_definition({**body, "extra": 1})
@@ -51,3 +61,16 @@ def test_job_definition_shape() -> None:
         parse_job_definition({**body, "chunk_overlap": True})
     with pytest.raises(UserError, match="NUL"):
         parse_job_definition({**body, "job_name": "a\x00b"})
+
+
+def test_return_columns_and_ef_search() -> None:
+    assert parse_return_columns(None) is None and parse_return_columns("") is None
+    assert parse_return_columns("a, b") == ["a", "b"]
+    assert parse_return_columns(["a"]) == ["a"]
+    for bad in (",", [], [1], ["a", ""], 5):
+        with pytest.raises(UserError, match="return_columns must name columns"):
+            parse_return_columns(bad)
+    assert parse_ef_search("100") == 100 and parse_ef_search(1000) == 1000 and parse_ef_search(None) is None
+    for bad in ("0", "1001", "x", 1.5, True):
+        with pytest.raises(UserError, match="ef_search must be an integer from 1 to 1000"):
+            parse_ef_search(bad)
