@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import cpu_model  # noqa: E402
-from vectorize.api import create_app  # noqa: E402
+from vectorize.api import QUERIES, create_app  # noqa: E402
 from vectorize.config import Settings  # noqa: E402
 from vectorize.db import make_pool, migrate, publish_models  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
 from vectorize.local_postgres import embedded_postgres  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
+from vectorize.query_embedding import QueryEmbedder  # noqa: E402
 from vectorize.worker import Worker  # noqa: E402
 
 CORPUS = ROOT / "bench" / "data" / "debian_descriptions.jsonl.gz"
@@ -124,6 +125,8 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
     pool = make_pool(url, min_size=2, max_size=12)
     await pool.open()
     app = create_app(settings, pool, catalog)
+    # Every query below pays for its own embedding (no cache hits) unless said otherwise.
+    app[QUERIES] = QueryEmbedder(catalog, cache_size=0)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -149,7 +152,8 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
     print(f"\n| {title} | p50 / p95 / p99 (ms) | rows returned (min) |")
     print("|---|---|---|")
     async with aiohttp.ClientSession() as session:
-        await timed(session, base, {"job_name": "packages", "query": "warm up"})
+        for q in queries:  # warm PostgreSQL's buffers and the model, as a running service has them
+            await timed(session, base, {"job_name": "packages", "query": q})
         for label, extra in kinds.items():
             latencies, returned = [], []
             for q in queries:
@@ -190,6 +194,12 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
             f"{clients} concurrent clients, hybrid: {len(latencies) / elapsed:.0f} requests/s, "
             f"p50 / p95 / p99 {percentiles(latencies)} ms (target >= 200 req/s, p99 <= 100 ms)"
         )
+        # The same queries again, answered by the service's query cache (as repeated searches are).
+        app[QUERIES] = QueryEmbedder(catalog)
+        for q in queries:
+            await timed(session, base, {"job_name": "packages", "query": q})
+        latencies = [(await timed(session, base, {"job_name": "packages", "query": q}))[0] for q in queries]
+        print(f"hybrid, repeated query texts (embedding from the LRU cache): p50 / p95 / p99 {percentiles(latencies)} ms")
     with psycopg.connect(url) as conn:
         size = conn.execute("select pg_size_pretty(pg_relation_size('vectorize._embeddings_packages_hnsw'))").fetchone()[0]
     print(f"HNSW index size: {size}")

@@ -166,8 +166,9 @@ declare
     v_exact    boolean := false;
     v_chunked  boolean;
     v_chunks   int;
-    v_rows     int;
-    v_seen     int;
+    v_pks      text[];
+    v_distances float8[];
+    v_nearest  text;
     v_hits     text;
     v_ef       int;
 begin
@@ -208,38 +209,38 @@ begin
     if v_semantic and v_filter <> 'true' then
         v_exact := vectorize._estimated_matches(j, v_filter) <= 5000;
     end if;
-    v_chunks := p_num_results;
-    if v_semantic and not v_exact then
-        execute format('select exists (select 1 from %s where chunk > 0)', v_emb) into v_chunked;
-    end if;
-    if v_chunked then
-        -- Rows rank by their best chunk, each row once: look at enough nearest chunks to
-        -- find num_results distinct rows (or all there are).
-        v_chunks := p_num_results * 4;
+    -- The nearest chunks, found once and kept as two arrays. Rows rank by their best chunk, each
+    -- row once: where rows have several chunks, twice num_results chunks are looked at, more
+    -- (x4 each time) only when they held fewer than num_results distinct rows.
+    v_pks := array[]::text[];
+    v_distances := array[]::float8[];
+    if v_semantic then
+        if v_exact then
+            -- The matching rows through the source's own indexes, then each row's chunks through the
+            -- embeddings' primary key ("offset 0" keeps the planner from turning this into a scan
+            -- of the whole embeddings table), every distance computed.
+            v_nearest := format('select e.%3$I as pk, e.embedding <=> $1 as distance
+                                   from (select s.%3$I as pk from %2$s s where %4$s offset 0) m
+                                   cross join lateral (select e.%3$I, e.embedding from %1$s e where e.%3$I = m.pk offset 0) e',
+                                v_emb, vectorize._source(j), j.primary_key, v_filter);
+        else
+            v_nearest := format('select e.%3$I as pk, e.embedding <=> $1 as distance
+                                   from %1$s e join %2$s s on s.%3$I = e.%3$I
+                                  where %4$s order by e.embedding <=> $1 limit $2', v_emb, vectorize._source(j), j.primary_key, v_filter);
+            execute format('select exists (select 1 from %s where chunk > 0)', v_emb) into v_chunked;
+        end if;
+        v_chunks := case when v_chunked then p_num_results * 2 else p_num_results end;
         loop
-            execute format(
-                'select count(distinct h.pk), count(*)
-                   from (select e.%3$I as pk from %1$s e join %2$s s on s.%3$I = e.%3$I
-                          where %4$s order by e.embedding <=> $1 limit $2) h',
-                v_emb, vectorize._source(j), j.primary_key, v_filter)
-              into v_rows, v_seen using p_query_embedding, v_chunks;
-            exit when v_rows >= p_num_results or v_seen < v_chunks or v_chunks >= 1000000;
+            execute format('select coalesce(array_agg(h.pk::text order by h.distance), ''{}''),
+                                   coalesce(array_agg(h.distance order by h.distance), ''{}'')
+                              from (%s) h', v_nearest)
+              into v_pks, v_distances using p_query_embedding, v_chunks;
+            exit when v_exact or not coalesce(v_chunked, false) or cardinality(v_pks) < v_chunks or v_chunks >= 1000000
+                   or (select count(distinct x) from unnest(v_pks) x) >= p_num_results;
             v_chunks := v_chunks * 4;
         end loop;
     end if;
-    v_hits := case
-        when not v_semantic then
-            format('select null::%s as pk, null::float8 as distance where false', j.pk_type)
-        when v_exact then
-            -- "+ 0": an expression the HNSW index cannot order by, so every matching chunk is measured.
-            format('select e.%3$I as pk, e.embedding <=> $1 as distance
-                      from %2$s s join %1$s e on e.%3$I = s.%3$I
-                     where %4$s order by (e.embedding <=> $1) + 0', v_emb, vectorize._source(j), j.primary_key, v_filter)
-        else
-            format('select e.%3$I as pk, e.embedding <=> $1 as distance
-                      from %1$s e join %2$s s on s.%3$I = e.%3$I
-                     where %4$s order by e.embedding <=> $1 limit $7', v_emb, vectorize._source(j), j.primary_key, v_filter)
-    end;
+    v_hits := format('select h.pk::%s as pk, h.distance from unnest($7::text[], $9::float8[]) as h(pk, distance)', j.pk_type);
     return query execute format(
         'with hits as (%6$s),
          semantic as (
@@ -275,5 +276,5 @@ begin
           order by fu.rrf_score desc, b.distance
           limit $2',
         v_emb, vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j), v_hits)
-    using p_query_embedding, p_num_results, v_text, p_semantic_wt, p_fts_wt, p_rrf_k, v_chunks, v_columns;
+    using p_query_embedding, p_num_results, v_text, p_semantic_wt, p_fts_wt, p_rrf_k, v_pks, v_columns, v_distances;
 end $$;
