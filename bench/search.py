@@ -35,7 +35,7 @@ from vectorize.db import make_pool, migrate, publish_models  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
 from vectorize.local_postgres import embedded_postgres  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
-from vectorize.query_embedding import QueryEmbedder  # noqa: E402
+from vectorize.query_embedding import CACHE_SIZE, QueryEmbedder  # noqa: E402
 from vectorize.worker import Worker  # noqa: E402
 
 CORPUS = ROOT / "bench" / "data" / "debian_descriptions.jsonl.gz"
@@ -195,7 +195,7 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
             f"p50 / p95 / p99 {percentiles(latencies)} ms (target >= 200 req/s, p99 <= 100 ms)"
         )
         # The same queries again, answered by the service's query cache (as repeated searches are).
-        app[QUERIES] = QueryEmbedder(catalog)
+        app[QUERIES].cache_size = CACHE_SIZE
         for q in queries:
             await timed(session, base, {"job_name": "packages", "query": q})
         latencies = [(await timed(session, base, {"job_name": "packages", "query": q}))[0] for q in queries]
