@@ -62,7 +62,6 @@ delete from vectorize.job where job_name = %(job_name)s returning id;
 -- queue_job_lane_idx from the job's oldest item, so this stays cheap with
 -- millions of items queued; the worker runs it once per scheduling round.
 select j.id, j.job_name, j.model, j.scan_active, j.pause_count,
-       j.chunking, j.chunk_tokens, j.chunk_overlap,
        greatest(extract(epoch from j.paused_until - clock_timestamp()), 0)::float8 as paused_for,
        exists (select 1 from vectorize.generation g where g.job_id = j.id and g.state = 'building') as building,
        exists (select 1 from vectorize.queue q

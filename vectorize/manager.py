@@ -27,9 +27,6 @@ class JobWork:
     model: str
     scan_active: bool
     pause_count: int
-    chunking: bool
-    chunk_tokens: int | None
-    chunk_overlap: int
     #: Seconds until the job's embedder pause ends; 0 when it is not paused.
     paused_for: float
     #: A redefinition is building a new generation (it switches when its backfill is done).
