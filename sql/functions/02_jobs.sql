@@ -423,27 +423,18 @@ begin
     execute format('create index %I on %s using gin (fts)', v_base || '_fts', v_emb);
 end $$;
 
--- Builds a new job's objects: the embeddings table and its indexes, then the
--- regenerable ones. O(1) in the source's size: nothing is scanned. A dry run builds nothing.
-create or replace function vectorize._create_job_objects() returns trigger
+-- Builds a job's objects. A new job (INSERT) gets its embeddings table and indexes first, O(1)
+-- in the source's size: nothing is scanned. Then, and after a redefinition, a switch or a dropped
+-- generation (UPDATE that clears objects_version), the regenerable ones: the capture function (it
+-- writes every generation) and the view (it shows the serving one). A dry run builds nothing.
+create or replace function vectorize._build_job_objects() returns trigger
 language plpgsql as $$
 begin
     if current_setting('vectorize.dry_run', true) = 'on' then
         return null;
     end if;
-    perform vectorize._create_embeddings_table(new.job_name, 1, new.primary_key, new.pk_type, new.dimension, true);
-    perform vectorize._install_job_objects(new);
-    perform pg_notify('vectorize', new.id::text);
-    return null;
-end $$;
-
--- After a redefinition, a switch or a dropped generation: rebuild the capture function (it
--- writes every generation) and the view (it shows the serving one).
-create or replace function vectorize._reinstall_job_objects() returns trigger
-language plpgsql as $$
-begin
-    if current_setting('vectorize.dry_run', true) = 'on' then
-        return null;
+    if tg_op = 'INSERT' then
+        perform vectorize._create_embeddings_table(new.job_name, 1, new.primary_key, new.pk_type, new.dimension, true);
     end if;
     perform vectorize._install_job_objects(new);
     perform pg_notify('vectorize', new.id::text);
@@ -472,8 +463,8 @@ begin
     for t in select * from (values
         ('validate_job', 'before insert', '_validate_job'),
         ('redefine_job', 'before update', '_redefine_job'),
-        ('create_job_objects', 'after insert', '_create_job_objects'),
-        ('reinstall_job_objects', 'after update', '_reinstall_job_objects'),
+        ('create_job_objects', 'after insert', '_build_job_objects'),
+        ('reinstall_job_objects', 'after update', '_build_job_objects'),
         ('drop_job_objects', 'after delete', '_drop_job_objects')) as v(name, timing, fn)
     loop
         execute format('drop trigger if exists %I on vectorize.job', t.name);
