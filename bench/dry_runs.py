@@ -30,7 +30,7 @@ def plan_work(url: str, definition: dict[str, Any], *, redefine: bool) -> dict[s
 
 def stored_work(conn: psycopg.Connection, job: str, generation: int, model: str) -> dict[str, int]:
     """Rows, chunks and tokens the worker really embedded into a generation's table."""
-    table = f'vectorize."_embeddings_{job}' + (f"${generation}" if generation > 1 else "") + '"'
+    table = conn.execute("select vectorize._embeddings_table(%s, %s)", (job, generation)).fetchone()[0]
     texts = conn.execute(
         f"select substr('body: ' || p.body, e.chunk_start + 1, e.chunk_end - e.chunk_start) from {table} e"
         " join packages p using (id)"

