@@ -44,7 +44,7 @@ lint: $(STAMP)
 BENCH_STAMP := .venv-bench/.installed-stamp
 $(BENCH_STAMP):
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install -q torch==2.13.0 sentence-transformers
+	.venv-bench/bin/python -m pip install -q torch==2.13.0 "sentence-transformers[onnx]==5.7.0"
 	touch $(BENCH_STAMP)
 
 bench: models $(BENCH_STAMP)
