@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	@! $(BIN)/python -c "import torch" 2>/dev/null || (echo "PyTorch must not be installed in $(VENV)" >&2; exit 1)
 	touch $(STAMP)
 
+# Export the graphs, then time the engine's settings on this CPU (once per CPU, ~1 min; later runs reuse it).
 models: $(STAMP)
 	$(BIN)/vectorize models export
+	$(BIN)/vectorize models tune
 
 run: models
 	$(BIN)/vectorize up

@@ -48,14 +48,52 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .embedding.registry import export_paths, is_exported, load_manifests
+    from .service import model_catalog
 
     settings = _settings(args)
-    print(f"{'model':45} {'dim':>4} {'precision':9} {'exported':8} {'size':>9}")
+    tuner = model_catalog(settings).tuner
+    print(f"{'model':45} {'dim':>4} {'precision':9} {'exported':8} {'size':>9}  settings on this CPU")
     for manifest in load_manifests(settings.models_dir).values():
         exported = is_exported(manifest, settings.models_dir)
         size = sum(p.stat().st_size for p in export_paths(manifest, settings.models_dir) if p.exists())
         size_text = f"{size / 1e6:.1f} MB" if exported else "-"
-        print(f"{manifest.name:45} {manifest.dimension:>4} {manifest.precision:9} {'yes' if exported else 'no':8} {size_text:>9}")
+        found = tuner.stored(manifest)
+        choice = f"tuned {found[0].tuned_at}: {found[0].settings.describe()}" if found else "not tuned (defaults)"
+        print(
+            f"{manifest.name:45} {manifest.dimension:>4} {manifest.precision:9} {'yes' if exported else 'no':8} "
+            f"{size_text:>9}  {choice}"
+        )
+    print(f"CPU: {tuner.cpu}")
+    return 0
+
+
+def cmd_models_tune(args: argparse.Namespace) -> int:
+    """Measure each model's engine settings on this machine now and store them (what the first start does)."""
+    from .embedding.registry import load_manifests
+    from .service import model_catalog
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    tuner = model_catalog(settings).tuner
+    manifests = load_manifests(settings.models_dir)
+    for name in args.names or list(manifests):
+        if name not in manifests:
+            print(f"vectorize: unknown model {name!r}; known: {', '.join(manifests)}", file=sys.stderr)
+            return 2
+    folder = tuner.store.writable_folder()
+    if folder is None:
+        folders = ", ".join(str(f) for f in tuner.store.folders)
+        print(f"vectorize: none of {folders} is writable; set VECTORIZE_STATE_DIR to a writable folder", file=sys.stderr)
+        return 1
+    print(f"CPU: {tuner.cpu}")
+    for name in args.names or list(manifests):
+        with tuner.store.lock(folder):
+            found = None if args.force else tuner.stored(manifests[name])
+            record = found[0] if found else tuner.tune(manifests[name], folder)
+        print(f"\n{name}: {record.settings.describe()}{'' if found is None else f' (measured {record.tuned_at})'}")
+        for candidate, figures in record.figures.items():
+            print(f"  {candidate:70} " + ", ".join(f"{k} {v:g}" for k, v in figures.items()))
+    print(f"\nstored in {folder}")
     return 0
 
 
@@ -266,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local BERT-family sentence-transformers directory (safetensors, tokenizer.json, pooling config)",
     )
     p.set_defaults(func=cmd_models_export)
+    p = models.add_parser(
+        "tune", help="time the engine's candidate settings on this CPU and keep the fastest (done once at first start)"
+    )
+    p.add_argument("names", nargs="*", help="model names (default: all)")
+    p.add_argument("--force", action="store_true", help="measure again even if this CPU has a stored choice")
+    p.set_defaults(func=cmd_models_tune)
     p = models.add_parser("check", help="compare a model's embeddings with a reference set")
     p.add_argument("name")
     p.add_argument("--reference", required=True, help='JSON {"items": [{"text": ..., "embedding": [...]}]}')

@@ -41,6 +41,13 @@ class Settings:
         None, "where the embedded PostgreSQL keeps its data (default: the user data dir)", factory=_default_data_dir
     )
     models_dir: Path = _setting(MODELS_DIR, "model manifests and exported ONNX files (default: models/)")
+    state_dir: Path | None = _setting(
+        None,
+        "where engine settings measured on this machine are kept (default: systemd's $STATE_DIRECTORY, else the models dir)",
+    )
+    tune: str = _setting(
+        "auto", "auto: time the engine's candidate settings at first start on a CPU and keep the fastest; off: skip that"
+    )
     host: str = _setting("127.0.0.1", "API bind address")
     port: int = _setting(8080, "API port")
     api_token: str | None = _setting(None, "require 'Authorization: Bearer <token>' on the API (all but /health/live)")
@@ -78,6 +85,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
+        if "state_dir" not in values and env.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
+            values["state_dir"] = Path(env["STATE_DIRECTORY"].split(":")[0])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

@@ -23,6 +23,7 @@ from .config import Settings
 from .db import make_pool, migrate, publish_models
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
 from .embedding.errors import EmbedderUnavailable
+from .embedding.tuning import Tuner, TuningStore
 from .local_postgres import start_local_postgres
 from .worker import Worker
 
@@ -38,9 +39,16 @@ MODEL_RETRY_MAX = 60.0
 
 
 def model_catalog(settings: Settings) -> ModelCatalog:
+    if settings.tune not in ("auto", "off"):
+        raise ValueError(f"VECTORIZE_TUNE={settings.tune!r} is not valid: use auto or off")
+    folders = [settings.models_dir] if settings.state_dir is None else [settings.state_dir, settings.models_dir]
+    tuner = Tuner(
+        TuningStore(folders), settings.models_dir, settings.threads or os.cpu_count() or 1, enabled=settings.tune == "auto"
+    )
     catalog = ModelCatalog(
         settings.models_dir,
         settings.threads,
+        tuner=tuner,
         openai_models=tuple(m.strip() for m in settings.openai_models.split(",") if m.strip()),
         openai_base_url=settings.openai_base_url,
         openai_api_key=settings.openai_api_key,

@@ -42,3 +42,11 @@ def test_ranking_defaults_have_one_home() -> None:
     for name, default in RANKING_OPTIONS.items():
         found = re.search(rf"p_{name}\s+float8\s+default\s+([\d.]+)", body)
         assert found and float(found.group(1)) == default
+
+
+def test_state_dir_comes_from_systemd_unless_set() -> None:
+    """Under the hardened units the install dir is read-only; StateDirectory= gives a writable one."""
+    assert Settings.from_env({}).state_dir is None
+    assert Settings.from_env({"STATE_DIRECTORY": "/var/lib/vectorize"}).state_dir == Path("/var/lib/vectorize")
+    both = {"STATE_DIRECTORY": "/var/lib/vectorize", "VECTORIZE_STATE_DIR": "/srv/state"}
+    assert Settings.from_env(both).state_dir == Path("/srv/state")

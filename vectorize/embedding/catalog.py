@@ -7,6 +7,7 @@ Local models come from the manifests in ``models/``; remote ones are the configu
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from .encoder import TokenCounter
 from .errors import EmbedderUnavailable
 from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir
 from .remote import DEFAULT_BASE_URL, PREFIX, OpenAIEmbedder, RemoteEmbeddingError
+from .tuning import Tuner, TuningStore
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,12 @@ class ModelCatalog:
         openai_models: tuple[str, ...] = (),
         openai_base_url: str = DEFAULT_BASE_URL,
         openai_api_key: str | None = None,
+        tuner: Tuner | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.threads = threads
+        #: Default: measure on first use, store beside the manifests (a service passes its state dir).
+        self.tuner = tuner or Tuner(TuningStore([models_dir]), models_dir, threads or os.cpu_count() or 1)
         self.manifests: dict[str, ModelManifest] = load_manifests(models_dir)
         self._embedders: dict[str, Embedder] = {}
         self.remote: dict[str, OpenAIEmbedder] = {}
@@ -102,6 +107,19 @@ class ModelCatalog:
                 unavailable[name] = str(exc)
         return models, unavailable
 
+    def _load_local(self, manifest: ModelManifest) -> Embedder:
+        """Loaded with the settings measured for this machine (tuned on first use when none are stored)."""
+        settings, graph = self.tuner.settings_for(manifest)
+        log.info("event=model_settings model=%s settings=%r", manifest.name, settings.describe())
+        return load_encoder(
+            manifest,
+            self.models_dir,
+            settings.sessions * settings.threads_per_session,
+            sessions=settings.sessions,
+            token_budget=settings.token_budget,
+            graph=graph,
+        )
+
     def get(self, model: str) -> Embedder:
         """The model's embedder, loaded on first use; EmbedderUnavailable if it cannot be."""
         with self._lock:
@@ -114,7 +132,7 @@ class ModelCatalog:
                     )
                 log.info("event=model_loading model=%s", model)
                 try:
-                    embedder = load_encoder(manifest, self.models_dir, self.threads)
+                    embedder = self._load_local(manifest)
                 except Exception as exc:  # missing weights, bad checksum, a graph onnxruntime rejects
                     raise EmbedderUnavailable(f"model {model!r} cannot be loaded: {exc}") from exc
                 self._embedders[model] = embedder

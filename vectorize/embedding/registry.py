@@ -12,13 +12,14 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .encoder import Encoder
+from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
 from .export import GRAPH_VERSION, export_checkpoint, read_checkpoint_info
 
 
@@ -34,6 +35,8 @@ class ModelManifest:
     precision: str = "fp32"
     #: For int8: prefixes of node names kept in fp32 (the layers measured most sensitive).
     keep_fp32: tuple[str, ...] = ()
+    #: For int8: the sets of fp32 layers tuning may try on a machine, safest first (embedding/tuning.py).
+    tune_keep_fp32: tuple[tuple[str, ...], ...] = ()
     manifest_path: Path | None = None
 
     @property
@@ -54,6 +57,7 @@ class ModelManifest:
             checksums=data.get("checksums", {}),
             precision=data.get("precision", "fp32"),
             keep_fp32=tuple(data.get("keep_fp32", ())),
+            tune_keep_fp32=tuple(tuple(keep) for keep in data.get("tune_keep_fp32", ())),
             manifest_path=path,
         )
 
@@ -176,7 +180,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
     fp32: attention-score MatMuls (no weights) and the nodes whose names start with one of
     ``keep_fp32`` -- the layers measured most sensitive (bench/ and the manifest say which)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     weights = {init.name for init in graph.initializer}
@@ -186,6 +189,19 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
         if (node.op_type == "MatMul" and not any(i in weights for i in node.input)) or node.name.startswith(keep_fp32)
     ]
     tmp = out_path.with_suffix(".tmp")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the quantizer logs every tensor to the root logger
+    try:
+        _quantize(fp32_path, tmp, exclude)
+    finally:
+        logging.disable(previous)
+    tmp.replace(out_path)
+
+
+def _quantize(fp32_path: Path, tmp: Path, exclude: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     quantize_dynamic(
         str(fp32_path),
         str(tmp),
@@ -196,7 +212,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
         # Types of tensors produced by onnxruntime's fused operators, which shape inference cannot see.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    tmp.replace(out_path)
 
 
 def write_manifest(model_dir: Path, name: str, models_dir: Path) -> ModelManifest:
@@ -227,12 +242,24 @@ def check_against_reference(encoder: Encoder, reference: Path) -> np.ndarray:
     return (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1) / np.maximum(np.linalg.norm(ours, axis=1), 1e-12)
 
 
-def load_encoder(manifest: ModelManifest, models_dir: Path, threads: int | None = None) -> Encoder:
+def load_encoder(
+    manifest: ModelManifest,
+    models_dir: Path,
+    threads: int | None = None,
+    *,
+    sessions: int | None = None,
+    token_budget: int | None = None,
+    graph: Path | None = None,
+) -> Encoder:
+    """The model's encoder; ``sessions``, ``token_budget`` and ``graph`` (another int8 variant of
+    the same weights) come from tuning (embedding/tuning.py), the defaults otherwise."""
     onnx_path, tokenizer_path = ensure_exported(manifest, models_dir)
     return Encoder(
-        onnx_path,
+        graph or onnx_path,
         tokenizer_path,
         dimension=manifest.dimension,
         max_tokens=manifest.max_tokens,
         threads=threads,
+        sessions=sessions,
+        token_budget=token_budget or DEFAULT_TOKEN_BUDGET,
     )

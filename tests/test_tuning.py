@@ -1,0 +1,156 @@
+"""Per-machine engine settings: measured once per CPU, stored, reused, and skippable.
+
+The tuner runs for real (real ONNX sessions on the real model) with a shrunken plan, so a
+test takes seconds instead of the minute a full tuning takes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vectorize.config import Settings
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.embedding.registry import load_manifests
+from vectorize.embedding.tuning import (
+    EngineSettings,
+    Tuner,
+    TuningPlan,
+    TuningStore,
+    cpu_identity,
+    default_settings,
+    layouts,
+)
+from vectorize.paths import MODELS_DIR
+from vectorize.service import model_catalog
+
+INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"
+QUICK = TuningPlan(budgets=(256, 1024), timing_texts=24, rounds=1, quality_texts=80)
+
+
+def records(folder: Path) -> dict:
+    return json.loads((folder / "tuned" / "records.json").read_text())
+
+
+def quick_tuner(folder: Path, *, enabled: bool = True) -> Tuner:
+    return Tuner(TuningStore([folder]), MODELS_DIR, 2, enabled=enabled, plan=QUICK)
+
+
+def test_first_use_tunes_stores_and_later_uses_reuse(tmp_path: Path) -> None:
+    manifest = load_manifests(MODELS_DIR)[DEFAULT_MODEL]
+    settings, graph = quick_tuner(tmp_path).settings_for(manifest)
+    stored = records(tmp_path)[DEFAULT_MODEL][cpu_identity(2)]
+    # Every candidate was timed; the fastest is the one kept.
+    speeds = {name: figures["texts_per_s"] for name, figures in stored["figures"].items()}
+    assert len(speeds) == len(layouts(2)) * len(QUICK.budgets)
+    assert settings.describe() == max(speeds, key=speeds.__getitem__)
+    assert (settings.sessions, settings.threads_per_session) in layouts(2) and settings.token_budget in QUICK.budgets
+    assert graph is None  # fp32 runs the manifest's own export
+
+    # A later start on the same CPU measures nothing: the record is untouched and the same settings come back.
+    before = (tmp_path / "tuned" / "records.json").stat().st_mtime_ns
+    again, _ = quick_tuner(tmp_path).settings_for(manifest)
+    assert again == settings
+    assert (tmp_path / "tuned" / "records.json").stat().st_mtime_ns == before
+
+    # The catalogue runs the model with them.
+    catalog = ModelCatalog(MODELS_DIR, 2, tuner=quick_tuner(tmp_path))
+    encoder = catalog.get(DEFAULT_MODEL)
+    assert len(encoder.sessions) == settings.sessions and encoder.token_budget == settings.token_budget
+    assert encoder.embed(["a tuned engine still embeds"]).shape == (1, 384)
+
+
+def test_a_record_from_another_cpu_is_not_reused(tmp_path: Path) -> None:
+    """A state dir copied from another machine (or a VM moved to another host) tunes anew and keeps both."""
+    manifest = load_manifests(MODELS_DIR)[DEFAULT_MODEL]
+    quick_tuner(tmp_path).settings_for(manifest)
+    data = records(tmp_path)
+    other_cpu = "AMD EPYC 7B13 [avx2 fma] x2 cores, onnxruntime 1.32.0"
+    recorded = data[DEFAULT_MODEL].pop(cpu_identity(2))
+    data[DEFAULT_MODEL][other_cpu] = {**recorded, "settings": {**recorded["settings"], "token_budget": 4096}}
+    (tmp_path / "tuned" / "records.json").write_text(json.dumps(data))
+
+    settings, _ = quick_tuner(tmp_path).settings_for(manifest)
+    assert settings.token_budget in QUICK.budgets  # measured here, not the other machine's 4096
+    assert set(records(tmp_path)[DEFAULT_MODEL]) == {other_cpu, cpu_identity(2)}
+
+
+def test_tuning_off_uses_the_defaults_and_writes_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for manifest in MODELS_DIR.glob("*.json"):
+        shutil.copy(manifest, models)
+    settings = replace(Settings(), models_dir=models, state_dir=tmp_path / "state", tune="off", threads=2)
+    tuner = model_catalog(settings).tuner
+    chosen, graph = tuner.settings_for(load_manifests(models)[DEFAULT_MODEL])
+    assert (chosen, graph) == (default_settings(2), None)
+    assert not (tmp_path / "state" / "tuned" / "records.json").exists()
+    assert not (models / "tuned" / "records.json").exists()
+    with pytest.raises(ValueError, match="VECTORIZE_TUNE='sometimes' is not valid: use auto or off"):
+        model_catalog(replace(settings, tune="sometimes"))
+
+
+def test_a_choice_stored_at_install_time_is_reused_by_a_service_with_a_state_dir(tmp_path: Path) -> None:
+    """`make models` tunes into the models dir; the hardened service (state dir set, install dir
+    read-only) reads that choice and measures nothing while the CPU is the same."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    models.mkdir()
+    for manifest in MODELS_DIR.glob("*.json"):
+        shutil.copy(manifest, models)
+    manifest = load_manifests(models)[DEFAULT_MODEL]
+    Tuner(TuningStore([models]), MODELS_DIR, 2, plan=QUICK).settings_for(manifest)
+    installed = records(models)[DEFAULT_MODEL][cpu_identity(2)]["settings"]
+    tuner = model_catalog(replace(Settings(), models_dir=models, state_dir=state, threads=2)).tuner
+    chosen, _ = tuner.settings_for(manifest)
+    assert chosen == EngineSettings(**{**installed, "keep_fp32": None})
+    assert not (state / "tuned" / "records.json").exists()
+
+
+def test_int8_keeps_the_fastest_variant_inside_the_quality_gate(tmp_path: Path) -> None:
+    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
+    settings, graph = quick_tuner(tmp_path).settings_for(manifest)
+    figures = records(tmp_path)[INT8_MODEL][cpu_identity(2)]["figures"]
+    variants = {name: f for name, f in figures.items() if name.startswith("int8, fp32 kept")}
+    assert len(variants) == len(manifest.tune_keep_fp32)
+    passing = {name: f["texts_per_s"] for name, f in variants.items() if f["passes_gate"]}
+    # The manifest's own variant is measured too, and a variant passes only with the gate's numbers.
+    for f in variants.values():
+        if f["passes_gate"]:
+            assert f["cosine_min"] >= 0.98 and f["cosine_mean"] >= 0.995 and f["top10_overlap"] >= 0.9
+    kept = ", ".join(settings.keep_fp32 if settings.keep_fp32 is not None else manifest.keep_fp32) or "none"
+    if passing:
+        assert f"int8, fp32 kept: {kept}" == max(passing, key=passing.__getitem__)
+    if settings.keep_fp32 is None:
+        assert graph is None
+    else:
+        assert graph is not None and graph.exists()
+    # Candidates that lost are not left on disk.
+    assert len(list((tmp_path / "tuned" / manifest.slug).glob("*.onnx"))) == (0 if graph is None else 1)
+
+
+def test_cli_tune_and_list(tmp_path: Path) -> None:
+    """`vectorize models list` shows what this CPU runs; `models tune` reuses a stored choice."""
+    env = {"VECTORIZE_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "VECTORIZE_TUNE": "off"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vectorize", "models", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    before = run("list")
+    assert before.returncode == 0 and f"CPU: {cpu_identity(2)}" in before.stdout
+    quick_tuner(tmp_path).settings_for(load_manifests(MODELS_DIR)[DEFAULT_MODEL])
+    settings = quick_tuner(tmp_path).stored(load_manifests(MODELS_DIR)[DEFAULT_MODEL])[0].settings
+    listed = run("list")
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(DEFAULT_MODEL + " "))
+    assert settings.describe() in line
+    tuned = run("tune", DEFAULT_MODEL)
+    assert tuned.returncode == 0, tuned.stderr
+    assert f"{DEFAULT_MODEL}: {settings.describe()} (measured" in tuned.stdout
+    unknown = run("tune", "no/such-model")
+    assert unknown.returncode == 2 and "unknown model 'no/such-model'" in unknown.stderr

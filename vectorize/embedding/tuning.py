@@ -1,0 +1,367 @@
+"""Engine settings measured on the machine that runs them, not constants chosen elsewhere.
+
+Why: the fastest layout depends on the CPU. On 2 AVX2 cores one single-threaded session
+per core with ~1024-token calls won; on 2 AVX-512/VNNI cores int8 GEMMs are so cheap that
+quantising the layers an AVX2 machine keeps in fp32 is worth ~50% more texts/s, inside the
+same quality gate. So at the first start on a CPU (or ``vectorize models tune``) a short,
+fixed set of candidates is timed on built-in texts and the fastest is kept, keyed by the
+CPU's identity; later starts on that CPU reuse it, another CPU tunes anew.
+
+What is tried, per model:
+1. the session layout (sessions x threads per session) and the padded tokens per call;
+2. for int8 models, which layers stay fp32: the manifest lists candidate sets
+   (``tune_keep_fp32``), each quantised and checked against the fp32 graph on the same texts
+   (min cosine >= 0.98, mean >= 0.995, top-10 neighbour overlap >= 0.9); the fastest that
+   passes wins. The fp32 graph is the reference because it matches sentence-transformers'
+   PyTorch output to cosine >= 0.9999 (tests/test_embedding.py).
+
+Where it is kept: ``records.json`` and the chosen int8 graph under ``tuned/`` in the state
+directory (``VECTORIZE_STATE_DIR``, or systemd's ``StateDirectory=``) when there is one,
+else beside the model manifests; both places are read, so ``make models`` can tune at
+install time into a folder the service later only reads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
+from .export import export_checkpoint
+from .registry import ModelManifest, ensure_exported, export_fingerprint, quantize_int8, source_dir
+
+log = logging.getLogger(__name__)
+
+#: The quality gate every int8 variant must pass against the fp32 graph (min and mean cosine,
+#: top-10 neighbour overlap), as ``make bench`` checks it on 5,000 texts.
+MIN_COSINE, MEAN_COSINE, MIN_TOP10_OVERLAP = 0.98, 0.995, 0.9
+#: Tuning checks 600 texts, where neighbours are sparser: measured on 2 cores (AVX-512 VNNI),
+#: variants scored 0.908-0.910 overlap / 0.9952-0.9956 mean cosine there but 0.890-0.894 /
+#: 0.9950-0.9954 on the benchmark's 5,000. So the small sample must clear the gate by this much.
+MEAN_COSINE_MARGIN, TOP10_MARGIN = 0.002, 0.02
+#: The ISA features that decide which kernels onnxruntime runs.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+RECORDS = "records.json"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How one model runs on this machine."""
+
+    sessions: int
+    threads_per_session: int
+    token_budget: int
+    #: int8 only: node-name prefixes kept in fp32; None = the manifest's own list.
+    keep_fp32: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        layout = f"{self.sessions} session{'s' if self.sessions > 1 else ''} x {self.threads_per_session} thread"
+        kept = "" if self.keep_fp32 is None else f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}"
+        return f"{layout}, {self.token_budget} tokens/call{kept}"
+
+
+def default_settings(cores: int) -> EngineSettings:
+    """What runs when tuning is off and nothing was measured: one single-threaded session per core."""
+    return EngineSettings(sessions=cores, threads_per_session=1, token_budget=DEFAULT_TOKEN_BUDGET)
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """The candidates and how much text times them; tests shrink it."""
+
+    budgets: tuple[int, ...] = (512, 1024, 2048)
+    timing_texts: int = 160
+    #: timings per candidate, interleaved, best kept (a busy neighbour slows one, not all)
+    rounds: int = 2
+    quality_texts: int = 600
+
+
+def cpu_identity(cores: int) -> str:
+    """What a stored choice is valid for: the CPU model, its ISA, the cores used, the runtime."""
+    model, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == platform.machine():
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
+    return f"{model} [{isa}] x{cores} cores, onnxruntime {ort.__version__}"
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    """(sessions, threads per session) worth trying on ``cores`` cores."""
+    options = {(cores, 1), (1, cores)}
+    if cores >= 4:
+        options.add((cores // 2, 2))
+    return sorted(options, reverse=True)
+
+
+TUNING_TEXTS = Path(__file__).with_name("tuning_texts.txt")
+
+
+def load_tuning_texts() -> list[str]:
+    """Built-in real texts: 600 Debian package descriptions, none of them in the benchmark's slice."""
+    return [line for line in TUNING_TEXTS.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class TuningRecord:
+    cpu: str
+    settings: EngineSettings
+    #: texts/s and quality of every candidate, to show why this one won.
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)
+    tuned_at: str = ""
+    #: the int8 graph the settings name, relative to the store's folder (None: the manifest's export).
+    graph: str | None = None
+    #: the model export this was measured on: new weights or another exporter tune anew.
+    fingerprint: str = ""
+
+
+class TuningStore:
+    """Records per model and CPU identity: read from every folder given, written to the first writable one."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.folders = [f / "tuned" for f in folders]
+
+    def _read(self, folder: Path) -> dict:
+        try:
+            return json.loads((folder / RECORDS).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def find(self, model: str, cpu: str, fingerprint: str) -> tuple[TuningRecord, Path] | None:
+        """The record for this model's export on this CPU, and the folder it lives in."""
+        for folder in self.folders:
+            data = self._read(folder).get(model, {}).get(cpu)
+            if data is None or data.get("fingerprint") != fingerprint:
+                continue
+            settings = data["settings"]
+            keep = settings.get("keep_fp32")
+            record = TuningRecord(
+                cpu=cpu,
+                settings=EngineSettings(
+                    sessions=int(settings["sessions"]),
+                    threads_per_session=int(settings["threads_per_session"]),
+                    token_budget=int(settings["token_budget"]),
+                    keep_fp32=None if keep is None else tuple(keep),
+                ),
+                figures=data.get("figures", {}),
+                tuned_at=data.get("tuned_at", ""),
+                graph=data.get("graph"),
+                fingerprint=fingerprint,
+            )
+            if record.graph is None or (folder / record.graph).exists():
+                return record, folder
+        return None
+
+    def writable_folder(self) -> Path | None:
+        for folder in self.folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+            if os.access(folder, os.W_OK):
+                return folder
+        return None
+
+    @contextmanager
+    def lock(self, folder: Path) -> Iterator[None]:
+        """One tuning at a time per store: two processes timing at once would halve each other's figures."""
+        with (folder / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def save(self, folder: Path, model: str, record: TuningRecord) -> None:
+        data = self._read(folder)
+        data.setdefault(model, {})[record.cpu] = {
+            "settings": asdict(record.settings),
+            "figures": record.figures,
+            "tuned_at": record.tuned_at,
+            "graph": record.graph,
+            "fingerprint": record.fingerprint,
+        }
+        tmp = folder / (RECORDS + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(folder / RECORDS)
+
+
+def _top10_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    sa, sb = a @ a.T, b @ b.T
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    ta, tb = np.argpartition(-sa, k, axis=1)[:, :k], np.argpartition(-sb, k, axis=1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb, strict=True)]))
+
+
+def _texts_per_second(encoder: Encoder, texts: list[str]) -> tuple[float, np.ndarray]:
+    encoder.embed(texts[:16])  # warm-up: first calls allocate
+    started = time.perf_counter()
+    vectors = encoder.embed(texts)
+    return len(texts) / (time.perf_counter() - started), vectors
+
+
+def tuning_fingerprint(manifest: ModelManifest) -> str:
+    """The export a record was measured on and the variants it chose among."""
+    variants = json.dumps([list(keep) for keep in manifest.tune_keep_fp32])
+    return export_fingerprint(manifest)[:16] + "-" + hashlib.sha256(variants.encode()).hexdigest()[:8]
+
+
+def _graph_name(keep: tuple[str, ...]) -> str:
+    return "model-" + hashlib.sha256("\n".join(keep).encode()).hexdigest()[:12] + ".onnx"
+
+
+class Tuner:
+    """Finds, stores and reuses each model's engine settings for this machine."""
+
+    def __init__(
+        self, store: TuningStore, models_dir: Path, cores: int, *, enabled: bool = True, plan: TuningPlan | None = None
+    ) -> None:
+        self.store = store
+        self.models_dir = models_dir
+        self.cores = max(1, cores)
+        self.enabled = enabled
+        self.plan = plan or TuningPlan()
+        self.cpu = cpu_identity(self.cores)
+
+    def stored(self, manifest: ModelManifest) -> tuple[TuningRecord, Path] | None:
+        return self.store.find(manifest.name, self.cpu, tuning_fingerprint(manifest))
+
+    def settings_for(self, manifest: ModelManifest) -> tuple[EngineSettings, Path | None]:
+        """The settings to run ``manifest`` with and the int8 graph they need (None: the export's):
+        the stored choice for this CPU, else (tuning on) a new measurement, else the defaults."""
+        found = self.stored(manifest)
+        if found is None and self.enabled:
+            folder = self.store.writable_folder()
+            if folder is None:
+                log.warning("event=tuning_skipped model=%s reason=no_writable_state_dir", manifest.name)
+            else:
+                with self.store.lock(folder):
+                    found = self.stored(manifest)  # another process may have tuned while we waited
+                    if found is None:
+                        try:
+                            found = self.tune(manifest, folder), folder
+                        except Exception:  # a failed measurement must not make the model unusable
+                            log.exception("event=tuning_failed model=%s fallback=defaults", manifest.name)
+        if found is None:
+            return default_settings(self.cores), None
+        record, folder = found
+        return record.settings, (folder / record.graph if record.graph else None)
+
+    def tune(self, manifest: ModelManifest, folder: Path) -> TuningRecord:
+        """Time the candidates, keep the fastest (int8: the fastest inside the quality gate)."""
+        log.info("event=tuning_started model=%s cpu=%r", manifest.name, self.cpu)
+        started = time.perf_counter()
+        texts = load_tuning_texts()
+        onnx_path, tokenizer_path = ensure_exported(manifest, self.models_dir)
+        timing = texts[: self.plan.timing_texts]
+        encoders = {
+            layout: self._encoder(onnx_path, tokenizer_path, manifest, *layout, DEFAULT_TOKEN_BUDGET)
+            for layout in layouts(self.cores)
+        }
+        speeds: dict[EngineSettings, float] = {}
+        for _ in range(self.plan.rounds):
+            for (sessions, threads), encoder in encoders.items():
+                for budget in self.plan.budgets:
+                    encoder.token_budget = budget
+                    candidate = EngineSettings(sessions, threads, budget)
+                    speeds[candidate] = max(speeds.get(candidate, 0.0), _texts_per_second(encoder, timing)[0])
+        figures = {candidate.describe(): {"texts_per_s": round(speed, 1)} for candidate, speed in speeds.items()}
+        chosen, graph = max(speeds, key=speeds.__getitem__), None
+        if manifest.precision == "int8":
+            chosen, graph = self._tune_int8(manifest, folder, chosen, onnx_path, tokenizer_path, texts, figures)
+        record = TuningRecord(
+            cpu=self.cpu,
+            settings=chosen,
+            figures=figures,
+            tuned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            graph=graph,
+            fingerprint=tuning_fingerprint(manifest),
+        )
+        self.store.save(folder, manifest.name, record)
+        log.info(
+            "event=tuning_done model=%s choice=%r seconds=%.1f", manifest.name, chosen.describe(), time.perf_counter() - started
+        )
+        return record
+
+    def _encoder(
+        self, onnx_path: Path, tokenizer_path: Path, manifest: ModelManifest, sessions: int, threads: int, budget: int
+    ) -> Encoder:
+        return Encoder(
+            onnx_path,
+            tokenizer_path,
+            dimension=manifest.dimension,
+            max_tokens=manifest.max_tokens,
+            threads=sessions * threads,
+            sessions=sessions,
+            token_budget=budget,
+        )
+
+    def _tune_int8(
+        self,
+        manifest: ModelManifest,
+        folder: Path,
+        layout: EngineSettings,
+        onnx_path: Path,
+        tokenizer_path: Path,
+        texts: list[str],
+        figures: dict[str, dict[str, float]],
+    ) -> tuple[EngineSettings, str | None]:
+        """Each candidate set of fp32 layers, quantised here and gated against the fp32 graph."""
+        texts = texts[: self.plan.quality_texts]
+        model_folder = folder / manifest.slug
+        model_folder.mkdir(parents=True, exist_ok=True)
+        fp32_path = model_folder / "model-fp32.onnx"
+        export_checkpoint(source_dir(manifest), fp32_path)
+        args = (tokenizer_path, manifest, layout.sessions, layout.threads_per_session, layout.token_budget)
+        reference = self._encoder(fp32_path, *args).embed(texts)
+        best: tuple[float, tuple[str, ...], Path] | None = None
+        built: list[Path] = []
+        for keep in manifest.tune_keep_fp32 or (manifest.keep_fp32,):
+            if keep == manifest.keep_fp32:
+                path = onnx_path
+            else:
+                path = model_folder / _graph_name(keep)
+                quantize_int8(fp32_path, path, keep)
+                built.append(path)
+            speed, vectors = _texts_per_second(self._encoder(path, *args), texts)
+            cosine = (vectors * reference).sum(axis=1)
+            overlap = _top10_overlap(reference, vectors)
+            passed = (
+                cosine.min() >= MIN_COSINE
+                and cosine.mean() >= MEAN_COSINE + MEAN_COSINE_MARGIN
+                and overlap >= MIN_TOP10_OVERLAP + TOP10_MARGIN
+            )
+            figures[f"int8, fp32 kept: {', '.join(keep) or 'none'}"] = {
+                "texts_per_s": round(speed, 1),
+                "cosine_min": round(float(cosine.min()), 4),
+                "cosine_mean": round(float(cosine.mean()), 5),
+                "top10_overlap": round(overlap, 3),
+                "passes_gate": float(passed),
+            }
+            if passed and (best is None or speed > best[0]):
+                best = (speed, keep, path)
+        fp32_path.unlink()
+        for path in built:
+            if best is None or path != best[2]:
+                path.unlink(missing_ok=True)
+        if best is None or best[1] == manifest.keep_fp32:
+            return EngineSettings(layout.sessions, layout.threads_per_session, layout.token_budget), None
+        keep, path = best[1], best[2]
+        settings = EngineSettings(layout.sessions, layout.threads_per_session, layout.token_budget, keep)
+        return settings, str(path.relative_to(folder))
