@@ -33,7 +33,7 @@ from bench.long_documents import long_document_benchmarks, print_rows
 from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.chunking import split_texts
-from vectorize.embedding.registry import load_encoder, load_manifests, source_dir
+from vectorize.embedding.registry import load_manifests, source_dir
 from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
 
@@ -330,8 +330,10 @@ def main() -> None:
     args = parser.parse_args()
 
     manifests = load_manifests(MODELS_DIR)
-    encoder = load_encoder(manifests[MODEL], MODELS_DIR, threads=args.threads)
-    int8 = load_encoder(manifests[INT8_MODEL], MODELS_DIR, threads=args.threads)
+    # The engine as the worker runs it: with the settings tuned for this CPU (`make models`).
+    catalog = ModelCatalog(MODELS_DIR, args.threads)
+    encoder, int8 = catalog.get(MODEL), catalog.get(INT8_MODEL)
+    tuned = {m: catalog.tuner.settings_for(manifests[m])[0].describe() for m in (MODEL, INT8_MODEL)}
     texts = load_texts(args.texts)
     encoder.embed(texts[:64])  # warm-up
     int8.embed(texts[:64])
@@ -375,6 +377,7 @@ def main() -> None:
         f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}, "
         f"{reference_versions()}\nrun: threads {args.threads}, {args.texts} texts x {args.rounds} rounds\n"
+        f"engine settings tuned for this CPU: fp32 {tuned[MODEL]}; int8 {tuned[INT8_MODEL]}\n"
     )
     print(f"| {'what':52} | {'figure':>34} | {'target':>16} |")
     print(f"|{'-' * 54}|{'-' * 36}|{'-' * 18}|")

@@ -267,15 +267,27 @@ select not exists (select 1 from vectorize.queue q join vectorize.job j on j.id 
 
 -- name: job_definition
 select id, generation, src_schema, src_table, src_columns, primary_key, update_time_col, model,
-       chunking, chunk_tokens, chunk_overlap, return_columns, ef_search
+       chunking, chunk_tokens, chunk_overlap, return_columns, ef_search, hnsw_m, hnsw_ef_construction
   from vectorize.job where job_name = %(job_name)s;
 
 -- name: set_search_settings
 -- A job's search settings from a create or redefine request (checked by the job trigger).
-update vectorize.job set return_columns = %(return_columns)s::text[], ef_search = %(ef_search)s::int
+update vectorize.job set return_columns = %(return_columns)s::text[], ef_search = %(ef_search)s::int,
+       hnsw_m = %(hnsw_m)s::int, hnsw_ef_construction = %(hnsw_ef_construction)s::int
  where job_name = %(job_name)s
-   and (return_columns, ef_search) is distinct from (%(return_columns)s::text[], %(ef_search)s::int);
+   and (return_columns, ef_search, hnsw_m, hnsw_ef_construction)
+       is distinct from (%(return_columns)s::text[], %(ef_search)s::int, %(hnsw_m)s::int, %(hnsw_ef_construction)s::int);
+
+-- name: hnsw_rebuilds
+select job_name, generation, m, ef_construction, statements from vectorize.hnsw_rebuilds();
 
 -- name: definition_sample
 select content, total_rows, total_estimated, exact
   from vectorize.definition_sample(%(src_schema)s, %(src_table)s, %(src_columns)s, %(exact_rows)s, %(sample_rows)s);
+
+-- name: try_index_lock
+-- Held by the session that rebuilds one HNSW index (vectorize.hnsw_rebuilds()).
+select pg_try_advisory_lock(hashtext(%(key)s));
+
+-- name: release_index_lock
+select pg_advisory_unlock(hashtext(%(key)s));

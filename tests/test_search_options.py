@@ -10,10 +10,11 @@ import numpy as np
 import psycopg
 import pytest
 
+from vectorize.jobs import CHUNK_FIELDS, JOB_FIELDS, SEARCH_FIELDS
 from vectorize.metrics import REGISTRY
 from vectorize.query_embedding import QueryEmbedder
 
-from .helpers import MODEL, backfilled_job
+from .helpers import MODEL, backfilled_job, wait_until
 
 QUERY = "camping gear"
 
@@ -92,6 +93,58 @@ async def test_ef_search_and_weights_of_zero(conn, products, start_worker, api) 
     # Neither half has anything to go on: an empty answer, not an error.
     status, rows = await search(api, semantic_wt="0", query="the of and")
     assert status == 200 and rows == []
+
+
+def hnsw_options(conn) -> set[str]:
+    row = conn.execute("select reloptions from pg_class where relname = '_embeddings_my_job_hnsw'").fetchone()
+    return set(row["reloptions"] or ()) if row else set()
+
+
+async def test_hnsw_build_parameters_per_job_rebuild_the_index_beside_the_old_one(conn, products, start_worker, api) -> None:
+    await backfilled_job(conn, start_worker, poll_interval=0.2)
+    assert hnsw_options(conn) == {"m=16", "ef_construction=64"}  # pgvector's defaults, written out
+
+    # From psql: the worker builds a new index concurrently and swaps it in; search answers throughout.
+    conn.execute("update vectorize.job set hnsw_m = 8, hnsw_ef_construction = 40 where job_name = 'my_job'")
+    answers = []
+
+    async def rebuilt() -> bool:
+        status, rows = await search(api)
+        answers.append((status, rows[0]["product_name"] if status == 200 and rows else None))
+        return hnsw_options(conn) == {"m=8", "ef_construction=40"}
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await rebuilt():
+        assert asyncio.get_running_loop().time() < deadline, hnsw_options(conn)
+    assert answers and all(a == (200, "Backpack") for a in answers), answers
+    indexes = conn.execute(
+        "select count(*) as n from pg_indexes where schemaname = 'vectorize' and indexname like '_embeddings_my_job_hnsw%'"
+    ).fetchone()["n"]
+    assert indexes == 1  # the old one dropped, the new one under the usual name
+    status, rows = await search(api)
+    assert status == 200 and rows[0]["product_name"] == "Backpack"
+
+    # From HTTP: PUT with the serving definition and new parameters rebuilds nothing but the index.
+    status = await (await api.get("/api/v1/table/my_job")).json()
+    assert (status["hnsw_m"], status["hnsw_ef_construction"]) == (8, 40)
+    job = {k: status[k] for k in (*JOB_FIELDS, *CHUNK_FIELDS, *SEARCH_FIELDS)}
+    response = await api.put("/api/v1/table/my_job", json={**job, "hnsw_m": 12, "hnsw_ef_construction": 48})
+    assert response.status == 200, await response.text()
+    await wait_until(lambda: hnsw_options(conn) == {"m=12", "ef_construction=48"}, timeout=30)
+    assert conn.execute("select generation from vectorize.job").fetchone()["generation"] == 1  # nothing re-embedded
+
+    # Out of pgvector's limits: a clear error from SQL and HTTP, and nothing changes.
+    for assignment, message in (
+        ("hnsw_m = 1", "hnsw_m 1 is out of range: use 2 to 100"),
+        ("hnsw_ef_construction = 2000", "hnsw_ef_construction 2000 is out of range"),
+        ("hnsw_m = 40, hnsw_ef_construction = 64", r"hnsw_ef_construction \(64\) must be at least twice hnsw_m \(40\)"),
+    ):
+        with pytest.raises(psycopg.DatabaseError, match=message):
+            with conn.transaction():
+                conn.execute(f"update vectorize.job set {assignment}")
+    response = await api.put("/api/v1/table/my_job", json={**job, "hnsw_m": 101})
+    assert response.status == 400 and "hnsw_m 101 is out of range" in (await response.json())["error"]
+    assert hnsw_options(conn) == {"m=12", "ef_construction=48"}
 
 
 async def test_a_selective_filter_ranks_its_rows_exactly(conn, products, start_worker, api, catalog) -> None:

@@ -27,10 +27,13 @@ CHUNK_FIELDS: dict[str, tuple[type, object]] = {
     "chunk_tokens": (int, None),
     "chunk_overlap": (int, 32),
 }
-#: Optional search settings (not part of the definition: changing them builds nothing).
+#: Optional search settings (not part of the definition: changing them embeds nothing; new HNSW
+#: parameters rebuild the index beside the old one, which serves meanwhile).
 SEARCH_FIELDS: dict[str, tuple[type, object]] = {
     "return_columns": (list, None),
     "ef_search": (int, None),
+    "hnsw_m": (int, None),
+    "hnsw_ef_construction": (int, None),
 }
 _TYPE_NAMES = {str: "a string", list: "an array of strings", bool: "true or false", int: "an integer"}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from .queries import query
@@ -211,6 +212,27 @@ class JobManager:
             await conn.execute(query("park_failure"), {"job_id": job_id, "pk": item.pk, "attempts": attempts, "error": error})
             await conn.execute(query("finish_items"), {"ids": item.ids})
             return attempts, True
+
+    async def rebuild_hnsw_indexes(self) -> list[tuple[str, int, int, int]]:
+        """Rebuild every HNSW index whose job asks for other build parameters, one at a time, on a
+        connection of its own (CREATE INDEX CONCURRENTLY cannot run in a transaction). A session
+        advisory lock per index keeps two workers from building the same one. Returns
+        (job, generation, m, ef_construction) of each index rebuilt."""
+        rebuilt = []
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        async with conn:
+            for row in await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
+                job, generation = row[0], row[1]
+                key = {"key": f"vectorize.hnsw:{job}${generation}"}
+                if not (await (await conn.execute(query("try_index_lock"), key)).fetchone())[0]:
+                    continue  # another worker is building it
+                try:
+                    for statement in row[4]:
+                        await conn.execute(sql.SQL(statement))  # names quoted by format('%I') in SQL
+                finally:
+                    await conn.execute(query("release_index_lock"), key)
+                rebuilt.append((job, generation, row[2], row[3]))
+        return rebuilt
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yield once after (re)connecting, then once per NOTIFY on the vectorize channel."""

@@ -119,6 +119,7 @@ class Worker:
         side_tasks = [
             asyncio.create_task(self._supervise("listener", partial(self._listen, stop), stop)),
             asyncio.create_task(self._supervise("housekeeping", partial(self._housekeeping, stop), stop)),
+            asyncio.create_task(self._supervise("indexes", partial(self._indexes, stop), stop)),
         ]
         lanes = [
             asyncio.create_task(self._supervise(f"{lane.value}_lane", partial(self._lane, lane, stop), stop)) for lane in Lane
@@ -171,6 +172,28 @@ class Worker:
             for name, generation in await self.manager.drop_expired_generations():
                 log.info("event=generation_dropped job=%s generation=%d reason=grace_period_over", name, generation)
             await _wait_any(stop, None, self.settings.poll_interval)
+
+    async def _indexes(self, stop: asyncio.Event) -> None:
+        """Every poll interval, rebuild the HNSW indexes whose job asks for other build parameters.
+        A task of its own: a rebuild of a large index takes minutes and must not hold up the switch
+        of a finished generation or the failing of an orphaned job."""
+        while not stop.is_set():
+            await self.rebuild_indexes()
+            await _wait_any(stop, None, self.settings.poll_interval)
+
+    async def rebuild_indexes(self) -> int:
+        started = time.perf_counter()
+        rebuilt = await self.manager.rebuild_hnsw_indexes()
+        for name, generation, m, ef_construction in rebuilt:
+            log.info(
+                "event=hnsw_index_rebuilt job=%s generation=%d m=%d ef_construction=%d seconds=%.1f",
+                name,
+                generation,
+                m,
+                ef_construction,
+                time.perf_counter() - started,
+            )
+        return len(rebuilt)
 
     async def _complete_builds(self) -> None:
         """Switch the jobs whose redefinition has built its whole generation."""

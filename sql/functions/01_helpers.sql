@@ -21,10 +21,17 @@ $$;
 
 -- The one spelling of a job generation's embeddings table, quoted and schema-qualified:
 -- _embeddings_<job> for the first generation, _embeddings_<job>$<n> after a redefinition
--- ("$" cannot occur in a job name, so no two jobs' tables can collide).
+-- ("$" cannot occur in a job name, so no two jobs' tables can collide). Unquoted, it is also
+-- the stem of the table's index names.
+create or replace function vectorize._embeddings_name(p_job_name text, p_generation int default 1) returns text
+language sql immutable as $$
+    select '_embeddings_' || p_job_name || case when p_generation > 1 then '$' || p_generation else '' end
+$$;
+
+-- The same, quoted and schema-qualified.
 create or replace function vectorize._embeddings_table(p_job_name text, p_generation int default 1) returns text
 language sql immutable as $$
-    select format('vectorize.%I', '_embeddings_' || p_job_name || case when p_generation > 1 then '$' || p_generation else '' end)
+    select format('vectorize.%I', vectorize._embeddings_name(p_job_name, p_generation))
 $$;
 
 -- The job as one of its generations sees it: the job row with that generation's definition

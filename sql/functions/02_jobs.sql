@@ -134,6 +134,18 @@ begin
     if j.ef_search is not null and (j.ef_search < 1 or j.ef_search > 1000) then
         perform vectorize._fail('VZ400', format('ef_search %s is out of range: use 1 to 1000, or null for the default', j.ef_search));
     end if;
+    -- pgvector's own limits, said before an index build would fail on them.
+    if j.hnsw_m is not null and (j.hnsw_m < 2 or j.hnsw_m > 100) then
+        perform vectorize._fail('VZ400', format('hnsw_m %s is out of range: use 2 to 100, or null for the default (16)', j.hnsw_m));
+    end if;
+    if j.hnsw_ef_construction is not null and (j.hnsw_ef_construction < 4 or j.hnsw_ef_construction > 1000) then
+        perform vectorize._fail('VZ400', format('hnsw_ef_construction %s is out of range: use 4 to 1000, or null for the default (64)',
+                                                j.hnsw_ef_construction));
+    end if;
+    if coalesce(j.hnsw_ef_construction, 64) < 2 * coalesce(j.hnsw_m, 16) then
+        perform vectorize._fail('VZ400', format('hnsw_ef_construction (%s) must be at least twice hnsw_m (%s)',
+                                                coalesce(j.hnsw_ef_construction, 64), coalesce(j.hnsw_m, 16)));
+    end if;
     if j.return_columns is null then
         return;
     end if;
@@ -210,7 +222,8 @@ begin
                    'create a new job instead (its model, src_columns, update_time_col and chunking can be redefined)',
                    to_json(old.job_name)));
     end if;
-    if (old.return_columns, old.ef_search) is distinct from (new.return_columns, new.ef_search) then
+    if (old.return_columns, old.ef_search, old.hnsw_m, old.hnsw_ef_construction)
+       is distinct from (new.return_columns, new.ef_search, new.hnsw_m, new.hnsw_ef_construction) then
         perform vectorize._check_search_settings(new);
     end if;
     if vectorize._definition(old) is not distinct from vectorize._definition(new) then
@@ -411,15 +424,21 @@ begin
 end $$;
 
 -- Its search indexes (built after a bulk copy, when there is one: faster than row by row).
+-- The HNSW parameters are the job's when its row is visible (a new job's trigger runs before
+-- that: pgvector's defaults, then vectorize.hnsw_rebuilds() brings them in line).
 create or replace function vectorize._index_embeddings_table(p_job_name text, p_generation int, p_primary_key text)
 returns void language plpgsql as $$
 declare
     v_emb  text := vectorize._embeddings_table(p_job_name, p_generation);
-    v_base text := '_embeddings_' || p_job_name || case when p_generation > 1 then '$' || p_generation else '' end;
+    v_base text := vectorize._embeddings_name(p_job_name, p_generation);
+    v_m    int;
+    v_ef   int;
 begin
+    select j.hnsw_m, j.hnsw_ef_construction into v_m, v_ef from vectorize.job j where j.job_name = p_job_name;
     -- Finds the rows that have more than one chunk (search looks further only where there are).
     execute format('create index %I on %s (%I) where chunk > 0', v_base || '_chunked', v_emb, p_primary_key);
-    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)', v_base || '_hnsw', v_emb);
+    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops) with (m = %s, ef_construction = %s)',
+                   v_base || '_hnsw', v_emb, coalesce(v_m, 16), coalesce(v_ef, 64));
     execute format('create index %I on %s using gin (fts)', v_base || '_fts', v_emb);
 end $$;
 

@@ -89,7 +89,7 @@ end $$;
 
 create or replace view vectorize.job_status as
 select j.job_name, j.id, j.src_schema, j.src_table, j.src_columns, j.primary_key, j.update_time_col, j.model,
-       j.chunking, j.chunk_tokens, j.chunk_overlap, j.return_columns, j.ef_search, j.status, j.status_message, vectorize._sync_state(j, s.pending_backfill) as sync_state,
+       j.chunking, j.chunk_tokens, j.chunk_overlap, j.return_columns, j.ef_search, j.hnsw_m, j.hnsw_ef_construction, j.status, j.status_message, vectorize._sync_state(j, s.pending_backfill) as sync_state,
        case when j.paused_until > now() then j.pause_reason end as waiting_reason,
        case when j.paused_until > now() then j.paused_until end as waiting_until,
        s.source_rows, s.source_rows_estimated, s.embedded_rows, s.pending, s.pending_live, s.pending_backfill,
