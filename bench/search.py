@@ -120,7 +120,20 @@ async def timed(session: aiohttp.ClientSession, base: str, params: dict) -> tupl
     return 1000 * (time.perf_counter() - started), body
 
 
-async def measure(url: str, model: str, queries: list[str], clients: int, rows: int) -> None:
+async def rebuild_index(url: str, m: int, ef_construction: int) -> float:
+    """Set the job's HNSW parameters and let a worker rebuild the index; returns the rebuild's seconds."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "update vectorize.job set hnsw_m = %s, hnsw_ef_construction = %s where job_name = 'packages'", (m, ef_construction)
+        )
+        conn.execute("set maintenance_work_mem = '1GB'")
+    worker = Worker(Settings(database_url=url), ModelCatalog(MODELS_DIR))
+    started = time.perf_counter()
+    assert await worker.rebuild_indexes() == 1
+    return time.perf_counter() - started
+
+
+async def measure(url: str, model: str, queries: list[str], clients: int, rows: int, builds: list[tuple[int, int]]) -> None:
     catalog = ModelCatalog(MODELS_DIR)
     settings = Settings(database_url=url)
     pool = make_pool(url, min_size=2, max_size=12)
@@ -163,21 +176,31 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
                 returned.append(len(body))
             print(f"| {label} | {percentiles(latencies)} | {min(returned)} |")
 
-        # Recall@10 of the semantic ranking at the default ef_search, and at a higher one.
+        # Recall@10 of the semantic ranking against exact cosine, per HNSW build (the job's
+        # hnsw_m / hnsw_ef_construction, rebuilt by the worker as a user's UPDATE would) and ef_search.
         exact = exact_top10(url, catalog, model, queries)
-        for ef in (None, 100, 200):
-            recalls, latencies = [], []
-            for q, want in zip(queries, exact, strict=True):
-                params = {"job_name": "packages", "query": q, "fts_wt": "0"}
-                if ef:
-                    params["ef_search"] = str(ef)
-                ms, body = await timed(session, base, params)
-                latencies.append(ms)
-                recalls.append(len({r["id"] for r in body} & set(want)) / 10)
-            print(
-                f"recall@10, semantic, ef_search={ef or 'default (40)'}: mean {statistics.mean(recalls):.3f}, "
-                f"min {min(recalls):.1f}; p50 / p95 / p99 {percentiles(latencies)} ms"
-            )
+        for m, ef_construction in builds:
+            if (m, ef_construction) != (16, 64):
+                seconds = await rebuild_index(url, m, ef_construction)
+                print(f"HNSW index rebuilt with m={m}, ef_construction={ef_construction} in {seconds:.0f} s")
+            for ef in (None, 100, 200):
+                recalls, latencies = [], []
+                for q, want in zip(queries, exact, strict=True):
+                    params = {"job_name": "packages", "query": q, "fts_wt": "0"}
+                    if ef:
+                        params["ef_search"] = str(ef)
+                    ms, body = await timed(session, base, params)
+                    latencies.append(ms)
+                    recalls.append(len({r["id"] for r in body} & set(want)) / 10)
+                print(
+                    f"recall@10, semantic, m={m}, ef_construction={ef_construction}, ef_search={ef or 'default (40)'}: "
+                    f"mean {statistics.mean(recalls):.3f}, min {min(recalls):.1f}; p50 / p95 / p99 {percentiles(latencies)} ms"
+                )
+            with psycopg.connect(url) as conn:
+                size = conn.execute("select pg_size_pretty(pg_relation_size('vectorize._embeddings_packages_hnsw'))").fetchone()[
+                    0
+                ]
+            print(f"HNSW index size (m={m}, ef_construction={ef_construction}): {size}")
 
         # Concurrent clients, hybrid queries, every text distinct (no cache hits).
         pending = [f"{q} {i}" for i, q in enumerate(queries * 2)]
@@ -201,9 +224,6 @@ async def measure(url: str, model: str, queries: list[str], clients: int, rows: 
             await timed(session, base, {"job_name": "packages", "query": q})
         latencies = [(await timed(session, base, {"job_name": "packages", "query": q}))[0] for q in queries]
         print(f"hybrid, repeated query texts (embedding from the LRU cache): p50 / p95 / p99 {percentiles(latencies)} ms")
-    with psycopg.connect(url) as conn:
-        size = conn.execute("select pg_size_pretty(pg_relation_size('vectorize._embeddings_packages_hnsw'))").fetchone()[0]
-    print(f"HNSW index size: {size}")
     await runner.cleanup()
     await pool.close()
 
@@ -214,7 +234,11 @@ def main() -> None:
     parser.add_argument("--model", default=INT8)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--builds", default="16:64,24:128", help="HNSW m:ef_construction builds to measure recall on (first: the default)"
+    )
     args = parser.parse_args()
+    builds = [tuple(int(v) for v in b.split(":")) for b in args.builds.split(",")]
     print(f"CPU: {cpu_model()}")
     items = load(args.rows)
     # Queries a user would type: short descriptions of random packages, not their own text.
@@ -222,7 +246,7 @@ def main() -> None:
     server, url = scratch_database("vectorize-search-")
     seconds = asyncio.run(build(url, items, args.model))
     print(f"{len(items)} rows embedded with {args.model} in {seconds:.0f} s ({len(items) / seconds:.0f} rows/s)")
-    asyncio.run(measure(url, args.model, queries, args.clients, len(items)))
+    asyncio.run(measure(url, args.model, queries, args.clients, len(items), builds))  # type: ignore[arg-type]
     server.cleanup()
 
 

@@ -48,7 +48,11 @@ def test_job_definition_shape() -> None:
         "chunk_overlap": 32,
         "return_columns": None,
         "ef_search": None,
+        "hnsw_m": None,
+        "hnsw_ef_construction": None,
     }
+    with pytest.raises(UserError, match="hnsw_m must be an integer or null, got str"):
+        parse_job_definition({**body, "hnsw_m": "16"})
     assert parse_job_definition({**body, "return_columns": ["a", "id"]})["return_columns"] == ["a", "id"]
     with pytest.raises(UserError, match="return_columns must be an array of strings or null, got str"):
         parse_job_definition({**body, "return_columns": "a"})
