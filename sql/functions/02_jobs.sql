@@ -437,8 +437,11 @@ begin
     select j.hnsw_m, j.hnsw_ef_construction into v_m, v_ef from vectorize.job j where j.job_name = p_job_name;
     -- Finds the rows that have more than one chunk (search looks further only where there are).
     execute format('create index %I on %s (%I) where chunk > 0', v_base || '_chunked', v_emb, p_primary_key);
-    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops) with (m = %s, ef_construction = %s)',
-                   v_base || '_hnsw', v_emb, coalesce(v_m, 16), coalesce(v_ef, 64));
+    -- Parameters are written out only when the job sets them, so an index with pgvector's
+    -- defaults reads the same whether it was built by this release or an older one.
+    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)%s', v_base || '_hnsw', v_emb,
+                   case when v_m is not null or v_ef is not null
+                        then format(' with (m = %s, ef_construction = %s)', coalesce(v_m, 16), coalesce(v_ef, 64)) else '' end);
     execute format('create index %I on %s using gin (fts)', v_base || '_fts', v_emb);
 end $$;
 
