@@ -150,7 +150,7 @@ SPEC: dict[str, Any] = {
                         "nullable": True,
                         "minimum": 1,
                         "maximum": 1000,
-                        "description": "the job's default HNSW ef_search (default: pgvector's 40)",
+                        "description": "the job's default HNSW ef_search (default 100)",
                     },
                     "hnsw_m": {
                         "type": "integer",

@@ -140,7 +140,7 @@ end $$;
 -- p_generation: answer from that generation of the job (the serving one or the one kept
 -- beside it); by default the serving one. p_return_columns: which source columns each
 -- result carries (within the job's return_columns). p_ef_search: HNSW ef_search for this
--- query (default: the job's, else pgvector's 40).
+-- query (default: the job's, else 100).
 create or replace function vectorize.search(
     p_job_name        text,
     p_query_embedding vector,
@@ -197,10 +197,10 @@ begin
     v_columns := vectorize._returned_columns(j, p_return_columns);
     v_semantic := p_semantic_wt > 0 and p_query_embedding is not null;
     v_text := case when p_fts_wt > 0 then vectorize._text_query(p_query_text) end;
-    v_ef := coalesce(p_ef_search, j.ef_search);
-    if v_ef is not null then
-        perform set_config('hnsw.ef_search', v_ef::text, true);
-    end if;
+    -- 100 unless the query or the job says otherwise: pgvector's own 40 gave recall@10 0.951 on
+    -- 63k real rows (one query found none of its 10), 100 gave 0.984 for +0.8 ms (bench/search.py).
+    v_ef := coalesce(p_ef_search, j.ef_search, 100);
+    perform set_config('hnsw.ef_search', v_ef::text, true);
     -- Filtered HNSW scans keep going until enough rows pass the filter, so a
     -- selective filter still yields num_results rows when that many match.
     perform set_config('hnsw.iterative_scan', 'strict_order', true);
