@@ -181,7 +181,7 @@ async def test_rollback_is_instant_and_the_previous_generation_is_dropped_after_
         60,
     )
     conn.execute("update vectorize.job set model = %s where job_name = 'my_job'", (INT8,))
-    await wait_until(lambda: generation_of(conn, "my_job") == 2, 60)
+    await wait_until(lambda: generation_of(conn, "my_job") == 2, 120)
 
     response = await api.post("/api/v1/table/my_job/rollback")
     assert response.status == 200, await response.text()
@@ -395,7 +395,7 @@ async def test_a_change_the_text_does_not_depend_on_embeds_nothing(conn, product
     before = handle.worker.inferences
     conn.execute("alter table my_products add column touched timestamptz not null default now()")
     conn.execute("update vectorize.job set update_time_col = 'touched' where job_name = 'my_job'")
-    await wait_until(lambda: generation_of(conn, "my_job") == 2, 60)
+    await wait_until(lambda: generation_of(conn, "my_job") == 2, 120)
     assert handle.worker.inferences == before
     assert conn.execute("select update_time_col from vectorize.job").fetchone()["update_time_col"] == "touched"
     assert conn.execute('select count(*) as n from vectorize."_embeddings_my_job$2"').fetchone()["n"] == 40
