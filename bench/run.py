@@ -34,6 +34,7 @@ from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.chunking import split_texts
 from vectorize.embedding.registry import load_manifests, source_dir
+from vectorize.embedding.tuning import top_k_overlap
 from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
 
@@ -126,17 +127,6 @@ def reference_versions() -> str:
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """Mean share of each text's k nearest neighbours (itself excluded) that two embeddings agree on."""
-    shared = 0
-    for start in range(0, len(a), 500):
-        sa, sb = a[start : start + 500] @ a.T, b[start : start + 500] @ b.T
-        for row, (ra, rb) in enumerate(zip(sa, sb, strict=True)):
-            ra[start + row] = rb[start + row] = -np.inf
-            shared += len(set(np.argpartition(-ra, k)[:k]) & set(np.argpartition(-rb, k)[:k]))
-    return shared / (len(a) * k)
 
 
 def wait(predicate, timeout: float, interval: float = 0.01):

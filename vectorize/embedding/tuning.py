@@ -201,12 +201,15 @@ class TuningStore:
         tmp.replace(folder / RECORDS)
 
 
-def _top10_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    sa, sb = a @ a.T, b @ b.T
-    np.fill_diagonal(sa, -np.inf)
-    np.fill_diagonal(sb, -np.inf)
-    ta, tb = np.argpartition(-sa, k, axis=1)[:, :k], np.argpartition(-sb, k, axis=1)[:, :k]
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(ta, tb, strict=True)]))
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean share of each text's k nearest neighbours (itself excluded) that two embeddings agree on."""
+    shared = 0
+    for start in range(0, len(a), 500):
+        sa, sb = a[start : start + 500] @ a.T, b[start : start + 500] @ b.T
+        for row, (ra, rb) in enumerate(zip(sa, sb, strict=True)):
+            ra[start + row] = rb[start + row] = -np.inf
+            shared += len(set(np.argpartition(-ra, k)[:k]) & set(np.argpartition(-rb, k)[:k]))
+    return shared / (len(a) * k)
 
 
 def _texts_per_second(encoder: Encoder, texts: list[str]) -> tuple[float, np.ndarray]:
@@ -341,7 +344,7 @@ class Tuner:
                 built.append(path)
             speed, vectors = _texts_per_second(self._encoder(path, *args), texts)
             cosine = (vectors * reference).sum(axis=1)
-            overlap = _top10_overlap(reference, vectors)
+            overlap = top_k_overlap(reference, vectors, 10)
             passed = (
                 cosine.min() >= MIN_COSINE
                 and cosine.mean() >= MEAN_COSINE + MEAN_COSINE_MARGIN
