@@ -49,6 +49,12 @@ def schema_of(url: str) -> dict[str, list]:
                 " where not tgisinternal order by 1, 2"
             ),
             "jobs": rows("select job_name, objects_version is not null from vectorize.job order by 1"),
+            # How each column is stored (embeddings inline: migration 0012).
+            "storage": rows(
+                "select c.relname, a.attname, a.attstorage from pg_attribute a join pg_class c on c.oid = a.attrelid"
+                " where c.relnamespace = 'vectorize'::regnamespace and c.relkind = 'r' and a.attnum > 0"
+                " and not a.attisdropped order by 1, 2"
+            ),
         }
 
 
@@ -106,6 +112,7 @@ def test_a_database_of_the_previous_release_upgrades_to_a_fresh_install(empty_db
     upgraded, installed = schema_of(old), schema_of(fresh)
     for part in installed:
         assert upgraded[part] == installed[part], f"{part} differ after the upgrade"
+    assert ("_embeddings_my_job", "embedding", "m") in installed["storage"]
     with psycopg.connect(old) as conn:
         # The work queued by the old release is still there, now in the live lane,
         # and the regenerated capture trigger queues new changes.

@@ -215,9 +215,13 @@ class JobManager:
 
     async def rebuild_hnsw_indexes(self) -> list[tuple[str, int, int, int]]:
         """Rebuild every HNSW index whose job asks for other build parameters, one at a time, on a
-        connection of its own (CREATE INDEX CONCURRENTLY cannot run in a transaction). A session
-        advisory lock per index keeps two workers from building the same one. Returns
-        (job, generation, m, ef_construction) of each index rebuilt."""
+        connection of its own (CREATE INDEX CONCURRENTLY cannot run in a transaction). The check,
+        run every poll interval, borrows a pooled connection: the dedicated one is opened only when
+        there is something to build. A session advisory lock per index keeps two workers from
+        building the same one. Returns (job, generation, m, ef_construction) of each index rebuilt."""
+        async with self.pool.connection() as conn:
+            if not await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
+                return []
         rebuilt = []
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         async with conn:

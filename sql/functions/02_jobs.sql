@@ -418,6 +418,8 @@ begin
              chunk_end int,
              primary key (%I, chunk))',
         vectorize._embeddings_table(p_job_name, p_generation), p_primary_key, p_pk_type, p_dimension, p_primary_key);
+    -- Vectors inline, not TOASTed out of line beside a long tsvector (migration 0012 says why).
+    execute format('alter table %s alter column embedding set storage main', vectorize._embeddings_table(p_job_name, p_generation));
     if p_indexes then
         perform vectorize._index_embeddings_table(p_job_name, p_generation, p_primary_key);
     end if;
