@@ -216,7 +216,8 @@ select j.job_name, j.id,
    and not exists (select 1 from pg_catalog.pg_class c where c.oid = j.src_relid);
 
 -- name: search
-select result
+-- As JSON text: the API splices it into its answer as it is (no parse and re-encode per row).
+select result::text as result
   from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s,
                         %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s, %(generation)s,
                         %(return_columns)s, %(ef_search)s) as result;

@@ -12,11 +12,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vectorize.config import Settings
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from vectorize.embedding.registry import load_manifests
+from vectorize.embedding.encoder import Encoder
+from vectorize.embedding.export import export_checkpoint
+from vectorize.embedding.registry import export_paths, load_manifests, quantize_int8, source_dir
+from vectorize.embedding.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.tuning import (
     EngineSettings,
     Tuner,
@@ -24,7 +28,12 @@ from vectorize.embedding.tuning import (
     TuningStore,
     cpu_identity,
     default_settings,
+    describe_variant,
+    int8_variants,
     layouts,
+    load_calibration_texts,
+    load_tuning_texts,
+    top_k_overlap,
 )
 from vectorize.paths import MODELS_DIR
 from vectorize.service import model_catalog
@@ -115,16 +124,16 @@ def test_int8_keeps_the_fastest_variant_inside_the_quality_gate(tmp_path: Path) 
     manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
     settings, graph = quick_tuner(tmp_path).settings_for(manifest)
     figures = records(tmp_path)[INT8_MODEL][cpu_identity(2)]["figures"]
-    variants = {name: f for name, f in figures.items() if name.startswith("int8, fp32 kept")}
-    assert len(variants) == len(manifest.tune_keep_fp32)
+    variants = {name: f for name, f in figures.items() if name.startswith("int8")}
+    assert len(variants) == len(int8_variants(manifest)) == len(manifest.tune_keep_fp32) + len(manifest.tune_smoothing)
     passing = {name: f["texts_per_s"] for name, f in variants.items() if f["passes_gate"]}
     # The manifest's own variant is measured too, and a variant passes only with the gate's numbers.
     for f in variants.values():
         if f["passes_gate"]:
             assert f["cosine_min"] >= 0.98 and f["cosine_mean"] >= 0.995 and f["top10_overlap"] >= 0.9
-    kept = ", ".join(settings.keep_fp32 if settings.keep_fp32 is not None else manifest.keep_fp32) or "none"
+    keep = settings.keep_fp32 if settings.keep_fp32 is not None else manifest.keep_fp32
     if passing:
-        assert f"int8, fp32 kept: {kept}" == max(passing, key=passing.__getitem__)
+        assert f"int8{describe_variant(keep, settings.smooth_alpha)}" == max(passing, key=passing.__getitem__)
     if settings.keep_fp32 is None:
         assert graph is None
     else:
@@ -154,3 +163,27 @@ def test_cli_tune_and_list(tmp_path: Path) -> None:
     assert f"{DEFAULT_MODEL}: {settings.describe()} (measured" in tuned.stdout
     unknown = run("tune", "no/such-model")
     assert unknown.returncode == 2 and "unknown model 'no/such-model'" in unknown.stderr
+
+
+def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(tmp_path: Path) -> None:
+    """Smoothing only moves scale between activations and weights: the fp32 graph computes the
+    same embeddings; quantised, every layer int8, it is nearer the fp32 output than without."""
+    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
+    _, tokenizer = export_paths(manifest, MODELS_DIR)
+    fp32, smoothed = tmp_path / "fp32.onnx", tmp_path / "smoothed.onnx"
+    export_checkpoint(source_dir(manifest), fp32)
+    ranges = activation_ranges(fp32, tokenizer, manifest.max_tokens, load_calibration_texts()[:48])
+    smooth_graph(fp32, smoothed, ranges, 0.7)
+
+    def embed(path: Path, texts: list[str]) -> np.ndarray:
+        return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=2).embed(texts)
+
+    texts = load_tuning_texts()[:240]
+    reference = embed(fp32, texts)
+    assert (embed(smoothed, texts) * reference).sum(axis=1).min() >= 0.99999
+    quantize_int8(fp32, tmp_path / "plain-int8.onnx", ())
+    quantize_int8(smoothed, tmp_path / "smoothed-int8.onnx", ())
+    plain = embed(tmp_path / "plain-int8.onnx", texts)
+    better = embed(tmp_path / "smoothed-int8.onnx", texts)
+    assert (better * reference).sum(axis=1).mean() > (plain * reference).sum(axis=1).mean()
+    assert top_k_overlap(reference, better, 10) >= top_k_overlap(reference, plain, 10)

@@ -205,7 +205,7 @@ async def _search_response(request: web.Request, args: SearchArgs, filters: dict
         args.return_columns,
         args.ef_search,
     )
-    response = web.json_response(answer.results)
+    response = web.Response(text=answer.json_array(), content_type="application/json")
     response.headers[GENERATION_HEADER] = str(answer.generation)
     if fresh is not None:
         response.headers[FRESH_HEADER] = "true" if fresh else "false"

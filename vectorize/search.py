@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -115,10 +116,19 @@ def parse_ef_search(raw: object) -> int | None:
 @dataclass
 class Answer:
     """A search's results and the generation of the job that ranked them (it changes when a
-    redefinition switches; the X-Vectorize-Generation header)."""
+    redefinition switches; the X-Vectorize-Generation header). Each result is kept as the JSON
+    text PostgreSQL wrote: the API sends them as they are, and only a caller that reads the rows
+    pays for parsing them."""
 
-    results: list[dict[str, Any]]
+    rows_json: list[str]
     generation: int
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(row) for row in self.rows_json]
+
+    def json_array(self) -> str:
+        return "[" + ",".join(self.rows_json) + "]"
 
 
 async def search(

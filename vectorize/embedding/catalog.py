@@ -120,6 +120,11 @@ class ModelCatalog:
             graph=graph,
         )
 
+    def loaded(self, model: str) -> Embedder | None:
+        """The model's embedder if it is already loaded (no lock, no I/O: for the hot path of
+        query embedding, which would otherwise pay a thread hop per call to learn that)."""
+        return self._embedders.get(model)
+
     def get(self, model: str) -> Embedder:
         """The model's embedder, loaded on first use; EmbedderUnavailable if it cannot be."""
         with self._lock:

@@ -1,0 +1,99 @@
+"""Smoothing before int8 quantisation (SmoothQuant, Xiao et al. 2023), for the tuning step.
+
+Why: dynamic int8 quantises each GEMM's activations with one scale for the whole tensor, and a
+few channels of a transformer's activations are tens of times larger than the rest; they set
+the scale, and every other channel loses its precision. That is why quantising every layer of
+all-MiniLM-L6-v2 misses the quality gate (measured on 2,000 real texts: mean cosine 0.9953,
+top-10 overlap 0.898). Dividing each input channel by s_j and multiplying the same row of the
+weights by s_j leaves the product unchanged in exact arithmetic but moves the outliers into the
+weights, which are quantised per output channel and mind them far less. With
+s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) and alpha 0.7, the same all-int8 graph measured
+0.9972 / 0.923 (alpha 0.5: 0.987 / 0.848; 0.9: 0.9957 / 0.911), for ~3% of its speed: the
+division is one Mul per GEMM input, elementwise.
+
+The inputs of the fused QKV projection (Attention) and of both feed-forward GEMMs are smoothed;
+the attention output projection is not (smoothing it bought no quality in the same measurement).
+The ranges come from the fp32 graph run over calibration texts (padding excluded)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .encoder import load_tokenizer
+
+#: Calibration texts per call (padded to the longest of them).
+CALIBRATION_BATCH = 16
+#: Bounds of a channel's smoothing factor: a dead channel must not divide by ~0.
+MIN_FACTOR, MAX_FACTOR = 1e-2, 1e2
+
+
+def _smoothable(graph: object) -> list[object]:
+    """GEMMs with constant weights whose input is not an attention output."""
+    weights = {init.name for init in graph.initializer}  # type: ignore[attr-defined]
+    producers = {out: node.op_type for node in graph.node for out in node.output}  # type: ignore[attr-defined]
+    return [
+        node
+        for node in graph.node  # type: ignore[attr-defined]
+        if node.op_type in ("MatMul", "Attention")
+        and len(node.input) > 1
+        and node.input[1] in weights
+        and producers.get(node.input[0]) != "Attention"
+    ]
+
+
+def activation_ranges(fp32_path: Path, tokenizer_path: Path, max_tokens: int, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per input channel, the largest |activation| each smoothable GEMM sees over ``texts``."""
+    import onnx
+
+    model = onnx.load(str(fp32_path))
+    names = sorted({node.input[0] for node in _smoothable(model.graph)})
+    for name in names:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"]
+    )
+    tokenizer = load_tokenizer(tokenizer_path, max_tokens)
+    ranges: dict[str, np.ndarray] = {}
+    for start in range(0, len(texts), CALIBRATION_BATCH):
+        encodings = tokenizer.encode_batch(list(texts[start : start + CALIBRATION_BATCH]), add_special_tokens=True)
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        for name, values in zip(names, session.run(names, {"input_ids": ids, "attention_mask": mask}), strict=True):
+            peak = np.abs(values[mask.astype(bool)]).max(axis=0)
+            ranges[name] = peak if name not in ranges else np.maximum(ranges[name], peak)
+    return ranges
+
+
+def smooth_graph(fp32_path: Path, out_path: Path, ranges: dict[str, np.ndarray], alpha: float) -> None:
+    """Write ``fp32_path`` with every smoothable GEMM's input divided and its weight rows
+    multiplied by the channel factors: the same function, easier to quantise."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    for node in _smoothable(graph):
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        peak = np.maximum(ranges[node.input[0]].astype(np.float32), 1e-5)
+        factors = np.power(peak, alpha) / np.power(np.maximum(np.abs(weight).max(axis=1), 1e-5), 1 - alpha)
+        factors = np.clip(factors, MIN_FACTOR, MAX_FACTOR).astype(np.float32)
+        initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * factors[:, None], node.input[1]))
+        inverse = numpy_helper.from_array((1.0 / factors).astype(np.float32), f"{node.name}_smooth_inverse")
+        graph.initializer.append(inverse)
+        smoothed = f"{node.name}_smoothed"
+        divide = onnx.helper.make_node("Mul", [node.input[0], inverse.name], [smoothed], name=f"{node.name}_smooth")
+        graph.node.insert(list(graph.node).index(node), divide)
+        node.input[0] = smoothed
+    tmp = out_path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
