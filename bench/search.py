@@ -357,7 +357,13 @@ async def at_scale(url: str, model: str, queries: list[str], target_rows: int, n
     async with aiohttp.ClientSession() as session:
         for q in queries:
             await timed(session, address, {"job_name": "packages_big", "query": q, "fts_wt": "0"})
-        for label, extra in {"semantic only (fts_wt=0)": {"fts_wt": "0"}, "hybrid (default)": {}}.items():
+        kinds = {
+            "semantic only (fts_wt=0), ef_search default (100)": {"fts_wt": "0"},
+            "semantic only, ef_search 200": {"fts_wt": "0", "ef_search": "200"},
+            "semantic only, ef_search 400": {"fts_wt": "0", "ef_search": "400"},
+            "hybrid (default)": {},
+        }
+        for label, extra in kinds.items():
             recalls, latencies = [], []
             for q, want in zip(queries, exact, strict=True):
                 ms, body = await timed(session, address, {"job_name": "packages_big", "query": q, **extra})
