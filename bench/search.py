@@ -173,6 +173,7 @@ async def timed_rebuild(url: str, catalog: ModelCatalog) -> float:
         assert await worker.rebuild_indexes() == 1
         return time.perf_counter() - started
     finally:
+        await worker.manager.close()
         await worker.pool.close()
 
 

@@ -151,6 +151,7 @@ class JobManager:
     def __init__(self, pool: AsyncConnectionPool, database_url: str) -> None:
         self.pool = pool
         self.database_url = database_url
+        self._index_conn: psycopg.AsyncConnection | None = None
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[BatchTransaction]:
@@ -215,28 +216,33 @@ class JobManager:
 
     async def rebuild_hnsw_indexes(self) -> list[tuple[str, int, int, int]]:
         """Rebuild every HNSW index whose job asks for other build parameters, one at a time, on a
-        connection of its own (CREATE INDEX CONCURRENTLY cannot run in a transaction). The check,
-        run every poll interval, borrows a pooled connection: the dedicated one is opened only when
-        there is something to build. A session advisory lock per index keeps two workers from
-        building the same one. Returns (job, generation, m, ef_construction) of each index rebuilt."""
-        async with self.pool.connection() as conn:
-            if not await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
-                return []
+        connection of its own (CREATE INDEX CONCURRENTLY cannot run in a transaction; and a
+        build of minutes must not hold one of the lanes' pooled connections). The connection is
+        kept between the checks, which run every poll interval. A session advisory lock per index
+        keeps two workers from building the same one. Returns (job, generation, m,
+        ef_construction) of each index rebuilt."""
+        if self._index_conn is None or self._index_conn.closed or self._index_conn.broken:
+            self._index_conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        conn = self._index_conn
         rebuilt = []
-        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
-        async with conn:
-            for row in await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
-                job, generation = row[0], row[1]
-                key = {"key": f"vectorize.hnsw:{job}${generation}"}
-                if not (await (await conn.execute(query("try_index_lock"), key)).fetchone())[0]:
-                    continue  # another worker is building it
-                try:
-                    for statement in row[4]:
-                        await conn.execute(sql.SQL(statement))  # names quoted by format('%I') in SQL
-                finally:
-                    await conn.execute(query("release_index_lock"), key)
-                rebuilt.append((job, generation, row[2], row[3]))
+        for row in await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
+            job, generation = row[0], row[1]
+            key = {"key": f"vectorize.hnsw:{job}${generation}"}
+            if not (await (await conn.execute(query("try_index_lock"), key)).fetchone())[0]:
+                continue  # another worker is building it
+            try:
+                for statement in row[4]:
+                    await conn.execute(sql.SQL(statement))  # names quoted by format('%I') in SQL
+            finally:
+                await conn.execute(query("release_index_lock"), key)
+            rebuilt.append((job, generation, row[2], row[3]))
         return rebuilt
+
+    async def close(self) -> None:
+        """Close the connection kept for index checks."""
+        if self._index_conn is not None:
+            await self._index_conn.close()
+            self._index_conn = None
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yield once after (re)connecting, then once per NOTIFY on the vectorize channel."""

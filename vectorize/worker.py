@@ -130,6 +130,7 @@ class Worker:
             for task in side_tasks:
                 task.cancel()
             await asyncio.gather(*side_tasks, *lanes, return_exceptions=True)
+            await self.manager.close()
             if self._own_pool:
                 await self.pool.close()
 
