@@ -315,6 +315,7 @@ def main() -> None:
     parser.add_argument("--backfill-rows", type=int, default=5000)
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--skip-st", action="store_true", help="no sentence-transformers comparison")
+    parser.add_argument("--engine-only", action="store_true", help="only the engine comparison (no database, no backfill)")
     parser.add_argument("--batch-size", type=int, help="worker batch size (default: the worker's own)")
     parser.add_argument("--long-copies", type=int, default=10, help="copies of the 100 man pages to backfill (default 10)")
     args = parser.parse_args()
@@ -345,22 +346,23 @@ def main() -> None:
             engine_tps.append(tps)
             tps, ours8 = engine_round(int8, texts)
             int8_tps.append(tps)
-    backfill_texts = load_texts(args.backfill_rows)
-    # The backfill embeds "body: <text>", cut into chunks where it is longer than the model's
-    # window; the engine is timed on exactly those chunk texts for the ratio.
-    bodies = ["body: " + t for t in backfill_texts]
-    chunk_texts = [
-        body[a:b] for body, spans in zip(bodies, split_texts(bodies, encoder.counter, 254, 32), strict=True) for a, b in spans
-    ]
-    engine_before, _ = engine_round(encoder, chunk_texts)
-    _, fp32_all = engine_round(encoder, bodies)
-    _, int8_all = engine_round(int8, bodies)
-    overlap = top_k_overlap(fp32_all, int8_all, 10)
-    db = database_benchmarks(backfill_texts, args.updates, args.batch_size)
-    long_docs = long_document_benchmarks(args.long_copies)
-    # The engine is timed before and after the backfill; the mean evens out the machine's drift.
-    engine_after, _ = engine_round(encoder, chunk_texts)
-    engine_on_backfill = (engine_before + engine_after) / 2
+    if not args.engine_only:
+        backfill_texts = load_texts(args.backfill_rows)
+        # The backfill embeds "body: <text>", cut into chunks where it is longer than the model's
+        # window; the engine is timed on exactly those chunk texts for the ratio.
+        bodies = ["body: " + t for t in backfill_texts]
+        chunk_texts = [
+            body[a:b] for body, spans in zip(bodies, split_texts(bodies, encoder.counter, 254, 32), strict=True) for a, b in spans
+        ]
+        engine_before, _ = engine_round(encoder, chunk_texts)
+        _, fp32_all = engine_round(encoder, bodies)
+        _, int8_all = engine_round(int8, bodies)
+        overlap = top_k_overlap(fp32_all, int8_all, 10)
+        db = database_benchmarks(backfill_texts, args.updates, args.batch_size)
+        long_docs = long_document_benchmarks(args.long_copies)
+        # The engine is timed before and after the backfill; the mean evens out the machine's drift.
+        engine_after, _ = engine_round(encoder, chunk_texts)
+        engine_on_backfill = (engine_before + engine_after) / 2
     engine_med = statistics.median(engine_tps)
 
     print(
@@ -379,6 +381,8 @@ def main() -> None:
         print_comparison_with_st(row, st_tps, theirs, {"fp32": (engine_tps, ours), "int8": (int8_tps, ours8)})
     else:
         row("vectorize fp32 / int8 texts/s (median)", f"{engine_med:.1f} / {statistics.median(int8_tps):.1f}", "")
+    if args.engine_only:
+        return
     row(f"int8 top-10 neighbour overlap with fp32, {args.backfill_rows} texts", f"{overlap:.3f}", ">= 0.9")
     backfill_chunks = len(chunk_texts) / db["backfill_wall_s"]
     row(f"backfill end to end, {args.backfill_rows} rows ({len(chunk_texts)} chunks), rows/s", f"{db['backfill_tps']:.1f}", "")

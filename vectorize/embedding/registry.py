@@ -37,8 +37,9 @@ class ModelManifest:
     keep_fp32: tuple[str, ...] = ()
     #: For int8: the sets of fp32 layers tuning may try on a machine, safest first (embedding/tuning.py).
     tune_keep_fp32: tuple[tuple[str, ...], ...] = ()
-    #: For int8: SmoothQuant strengths tuning may try, every layer quantised (embedding/smoothing.py).
-    tune_smoothing: tuple[float, ...] = ()
+    #: For int8: smoothed graphs tuning may try, as (SmoothQuant strength, node-name prefixes kept
+    #: in fp32) pairs (embedding/smoothing.py).
+    tune_smoothing: tuple[tuple[float, tuple[str, ...]], ...] = ()
     manifest_path: Path | None = None
 
     @property
@@ -60,7 +61,9 @@ class ModelManifest:
             precision=data.get("precision", "fp32"),
             keep_fp32=tuple(data.get("keep_fp32", ())),
             tune_keep_fp32=tuple(tuple(keep) for keep in data.get("tune_keep_fp32", ())),
-            tune_smoothing=tuple(float(alpha) for alpha in data.get("tune_smoothing", ())),
+            tune_smoothing=tuple(
+                (float(variant["alpha"]), tuple(variant.get("keep_fp32", ()))) for variant in data.get("tune_smoothing", ())
+            ),
             manifest_path=path,
         )
 

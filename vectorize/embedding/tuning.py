@@ -10,8 +10,8 @@ CPU's identity; later starts on that CPU reuse it, another CPU tunes anew.
 What is tried, per model:
 1. the session layout (sessions x threads per session) and the padded tokens per call;
 2. for int8 models, which layers stay fp32: the manifest lists candidate sets
-   (``tune_keep_fp32``), and smoothing strengths (``tune_smoothing``: every layer quantised
-   after SmoothQuant smoothing, see smoothing.py), each quantised and checked against the fp32
+   (``tune_keep_fp32``), and smoothed graphs (``tune_smoothing``: SmoothQuant strength and the
+   layers still kept in fp32, see smoothing.py), each quantised and checked against the fp32
    graph on the same texts and on their first sentences alone (min cosine >= 0.98, mean >= 0.995
    on both, top-10 neighbour overlap >= 0.9); the fastest that passes wins. The fp32 graph is
    the reference because it matches sentence-transformers' PyTorch output to cosine >= 0.9999
@@ -255,7 +255,7 @@ def int8_variants(manifest: ModelManifest) -> list[tuple[tuple[str, ...], float 
     variants: list[tuple[tuple[str, ...], float | None]] = [(keep, None) for keep in manifest.tune_keep_fp32]
     if (manifest.keep_fp32, None) not in variants:
         variants.insert(0, (manifest.keep_fp32, None))
-    return variants + [((), alpha) for alpha in manifest.tune_smoothing]
+    return variants + [(keep, alpha) for alpha, keep in manifest.tune_smoothing]
 
 
 def _graph_name(keep: tuple[str, ...], alpha: float | None) -> str:
