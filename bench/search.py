@@ -35,12 +35,11 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_model, scratch_database  # noqa: E402
+from bench.run import cpu_model, embedded_database, scratch_database  # noqa: E402
 from vectorize.api import QUERIES, create_app  # noqa: E402
 from vectorize.config import Settings  # noqa: E402
-from vectorize.db import make_pool, migrate, publish_models  # noqa: E402
+from vectorize.db import make_pool  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
-from vectorize.local_postgres import embedded_postgres  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
 from vectorize.query_embedding import CACHE_SIZE, QueryEmbedder  # noqa: E402
 from vectorize.worker import Worker  # noqa: E402
@@ -419,12 +418,7 @@ def main() -> None:
 def kept_database(data_dir: Path) -> tuple[Any, str]:
     """An embedded PostgreSQL that outlives the run (stopped, not deleted, at the end)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres().get_server(data_dir / "pgdata", cleanup_mode="stop")
-    url = server.get_uri()
-    migrate(url)
-    with psycopg.connect(url) as conn:
-        publish_models(conn, ModelCatalog(MODELS_DIR).local_models())
-    return server, url
+    return embedded_database(data_dir / "pgdata", "stop")
 
 
 def built(url: str, rows: int, model: str) -> bool:

@@ -370,8 +370,8 @@ class Tuner:
         fp32_path = model_folder / "model-fp32.onnx"
         export_checkpoint(source_dir(manifest), fp32_path)
         args = (tokenizer_path, manifest, layout.sessions, layout.threads_per_session, layout.token_budget)
-        reference = self._encoder(fp32_path, *args).embed(texts)
-        short_reference = self._encoder(fp32_path, *args).embed(shorts)
+        fp32 = self._encoder(fp32_path, *args)
+        reference, short_reference = fp32.embed(texts), fp32.embed(shorts)
         ranges = None
         best: tuple[float, tuple[str, ...], float | None, Path] | None = None
         built: list[Path] = []
