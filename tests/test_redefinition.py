@@ -20,7 +20,7 @@ from pgvector.psycopg import register_vector
 from vectorize import dry_run
 from vectorize.worker import content_hash
 
-from .helpers import MODEL, create_job, load_descriptions, wait_for, wait_until
+from .helpers import MODEL, create_job, embedding_count, load_descriptions, load_manpages, manpages, wait_for, wait_until
 
 INT8 = "sentence-transformers/all-MiniLM-L6-v2-int8"
 QUERIES = ["text editor for programmers", "network monitoring tool", "python library", "font package", "game"]
@@ -67,7 +67,14 @@ def assert_embeddings_match_text(conn: psycopg.Connection, catalog, model: str, 
         f"select count(*) as n from {table_of('docs', generation)} e where not exists (select 1 from docs d where d.id = e.id)"
     ).fetchone()["n"]
     assert extra == 0, "an embedding outlived its row"
-    # Made from the current text (exactly: the worker's hash of the chunk's text) ...
+    # The chunks cover the whole of the current text (a copy from a generation that embedded
+    # other columns would hash right over a prefix of it) ...
+    uncovered = conn.execute(
+        f"select count(*) as n from docs d join (select id, max(chunk_end) as chunk_end from {table_of('docs', generation)}"
+        f" group by id) e on e.id = d.id where e.chunk_end <> length({text})"
+    ).fetchone()["n"]
+    assert uncovered == 0, f"{uncovered} rows' chunks do not cover their current text"
+    # ... made from it (exactly: the worker's hash of the chunk's text) ...
     assert all(bytes(r["content_hash"]) == content_hash(r["passage"]) for r in rows), "a stale embedding"
     # ... by this generation's model. int8 quantises each batch's activations by their own range,
     # so its vectors vary a little with the batch they were made in (the quality gate's 0.98).
@@ -410,3 +417,62 @@ async def test_a_change_the_text_does_not_depend_on_embeds_nothing(conn, product
     ]
     name = conn.execute("select product_name from my_products where product_id = 1").fetchone()["product_name"]
     assert hashes[0] == hashes[1] == content_hash(f"product_name: {name} description: A tent for two")
+
+
+async def test_two_workers_completing_the_same_build_switch_it_once(conn, products, db_url) -> None:
+    """Every worker's housekeeping and its backfill lane both try to switch finished builds. Two
+    that found the same finished build (here: both wait on the job row, then go in turn) must
+    switch it once; the second switching back would leave generation 1 serving and the new one
+    'previous', a build that never lands."""
+    create_job(conn)
+    conn.execute("update vectorize.job set model = %s where job_name = 'my_job'", (INT8,))
+    # The build is complete as far as the switch can tell: its pass is over, nothing queued.
+    conn.execute("update vectorize.job set scan_active = false")
+    conn.execute("delete from vectorize.queue")
+    async with (
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as holder,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as first,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as second,
+    ):
+        async with holder.transaction():
+            await holder.execute("select 1 from vectorize.job for update")
+            switches = [
+                asyncio.create_task(c.execute("select * from vectorize.complete_builds(60)")) for c in (first, second)
+            ]
+            await wait_until(
+                lambda: conn.execute(
+                    "select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%complete_builds%'"
+                ).fetchone()["n"]
+                == 2,
+                10,
+            )
+        switched = [await (await task).fetchall() for task in switches]
+    assert sorted(len(rows) for rows in switched) == [0, 1]
+    assert generation_of(conn, "my_job") == 2
+    assert conn.execute("select generation, state from vectorize.generation").fetchone() == {"generation": 1, "state": "previous"}
+
+
+async def test_a_column_added_with_the_same_model_embeds_only_the_chunks_it_changes(conn, start_worker) -> None:
+    """The serving embeddings are copied into generation 2, but the text is not the same: every
+    row must be checked and its changed chunks embedded (the copies once stood as current, so
+    generation 2 served the old columns' vectors). Appending a column changes the last chunks of
+    a long page only; the rest are kept as copied."""
+    load_manpages(conn, manpages(6))
+    create_job(conn, job_name="pages", src_table="pages", src_columns=["body"], primary_key="id")
+    handle = start_worker(poll_interval=0.2)
+    await wait_until(lambda: queue_empty(conn) and embedding_count(conn, "pages") > 6, 120)
+    chunks = embedding_count(conn, "pages")
+    before = handle.worker.inferences
+    conn.execute("update vectorize.job set src_columns = array['body', 'name']")
+    await wait_until(lambda: generation_of(conn, "pages") == 2, 120)
+    embedded = handle.worker.inferences - before
+    print(f"\nadding a column to 6 pages of {chunks} chunks embedded {embedded} chunks")
+    assert 6 <= embedded <= 2 * 6 < chunks
+    rows = conn.execute(
+        "select 'body: ' || p.body || ' name: ' || p.name as text, e.chunk, e.chunk_start, e.chunk_end, e.content_hash,"
+        " e.source_updated_at from pages p join vectorize.\"_embeddings_pages$2\" e on e.id = p.id order by p.id, e.chunk"
+    ).fetchall()
+    assert all(r["source_updated_at"] is not None and r["source_updated_at"].year > 2000 for r in rows)
+    assert all(bytes(r["content_hash"]) == content_hash(r["text"][r["chunk_start"] : r["chunk_end"]]) for r in rows)
+    ends = {r["text"]: r["chunk_end"] for r in rows}  # the last chunk of each page, in chunk order
+    assert len(ends) == 6 and all(end == len(text) for text, end in ends.items())

@@ -27,7 +27,12 @@ begin
     if d.model = j.model then
         v_cols := format('%I, embedding, fts, content_hash, source_updated_at, version, updated_at, chunk, chunk_start, chunk_end',
                          j.primary_key);
-        execute format('insert into %s (%s) select %s from %s', vectorize._embeddings_table(j.job_name, v_number), v_cols, v_cols,
+        -- When the text changes (other columns, other chunks), the copies only spare the chunks
+        -- whose text stays: marked as older than any row version, every row is queued by the pass
+        -- and checked chunk by chunk (vectorize.scan_step). Otherwise they are current as they are.
+        execute format('insert into %s (%s) select %s from %s', vectorize._embeddings_table(j.job_name, v_number), v_cols,
+                       case when vectorize._same_text(j, d) then v_cols
+                            else replace(v_cols, 'source_updated_at', '''-infinity''::timestamptz') end,
                        vectorize._embeddings_table(j.job_name, j.generation));
     end if;
     perform vectorize._index_embeddings_table(j.job_name, v_number, j.primary_key);
@@ -35,6 +40,13 @@ begin
         j.job_name, j.generation, v_number;
     return v_number;
 end $$;
+
+-- Whether two definitions of a job make the same text (and chunks) of every row.
+create or replace function vectorize._same_text(a vectorize.job, b vectorize.job) returns boolean
+language sql immutable as $$
+    select (a.src_columns, a.chunking, a.chunk_tokens, a.chunk_overlap)
+           is not distinct from (b.src_columns, b.chunking, b.chunk_tokens, b.chunk_overlap)
+$$;
 
 -- Remove the job's other generation and its table. Batches that are writing to it hold a
 -- KEY SHARE lock on its row (vectorize.job_generations), so this waits for them to commit.
@@ -82,21 +94,34 @@ end $$;
 
 -- Switch every job whose new generation is complete: its pass over the source has ended and
 -- no backfill item is left (live changes keep reaching both generations, before and after).
+-- Every worker's housekeeping and backfill lane call this, so two can find the same build
+-- complete: each takes the job row's lock first and checks again (a fresh snapshot) before it
+-- switches; the one that comes second finds it switched already. (Without the second check it
+-- swapped back: generation 1 serving, the new one "previous", a build that never lands.)
 create or replace function vectorize.complete_builds(p_keep_seconds float8)
 returns table (job_name text, generation int) language plpgsql as $$
 declare
     r record;
 begin
-    for r in select j.id, j.job_name from vectorize.job j join vectorize.generation g on g.job_id = j.id
-              where g.state = 'building' and j.status = 'active' and not j.scan_active
-                and not exists (select 1 from vectorize.queue q where q.job_id = j.id and q.lane = 'backfill')
+    for r in select j.id, j.job_name from vectorize.job j
+              where vectorize._build_complete(j.id)
               order by j.job_name loop
+        perform 1 from vectorize.job j where j.id = r.id for update;
+        continue when not vectorize._build_complete(r.id);
         job_name := r.job_name;
         generation := vectorize._swap_generations(r.id, p_keep_seconds);
         perform pg_notify('vectorize', r.id::text);
         return next;
     end loop;
 end $$;
+
+create or replace function vectorize._build_complete(p_job_id uuid) returns boolean
+language sql volatile as $$
+    select exists (
+        select 1 from vectorize.job j join vectorize.generation g on g.job_id = j.id
+         where j.id = p_job_id and g.state = 'building' and j.status = 'active' and not j.scan_active
+           and not exists (select 1 from vectorize.queue q where q.job_id = j.id and q.lane = 'backfill'))
+$$;
 
 -- Drop previous generations whose grace period is over.
 create or replace function vectorize.drop_expired_generations()
@@ -122,6 +147,8 @@ declare
     j vectorize.job := vectorize._job_by_name(p_job_name);
     g vectorize.generation;
 begin
+    -- The job row first, as a switch takes it: a rollback and a switch go one after the other.
+    perform 1 from vectorize.job where id = j.id for update;
     select * into g from vectorize.generation where job_id = j.id for update;
     if not found then
         perform vectorize._fail('VZ409',

@@ -67,7 +67,9 @@ begin
         continue when g.id is null;
         v_state := case when g.generation = j.generation then 'serving' else v_spare.state end;
         begin
-            execute format('select count(*) filter (where chunk = 0), count(*) filter (where chunk = 0 and updated_at > now() - interval ''1 minute'')
+            -- Copies whose text is still to be checked ('-infinity', see vectorize._start_generation) are not done.
+            execute format('select count(*) filter (where chunk = 0 and source_updated_at is distinct from ''-infinity''),
+                                   count(*) filter (where chunk = 0 and updated_at > now() - interval ''1 minute'')
                               from %s', vectorize._embeddings_table(g.job_name, g.generation))
                into v_rows, v_recent;
         exception when undefined_table then
