@@ -436,14 +436,14 @@ async def test_two_workers_completing_the_same_build_switch_it_once(conn, produc
     ):
         async with holder.transaction():
             await holder.execute("select 1 from vectorize.job for update")
-            switches = [
-                asyncio.create_task(c.execute("select * from vectorize.complete_builds(60)")) for c in (first, second)
-            ]
+            switches = [asyncio.create_task(c.execute("select * from vectorize.complete_builds(60)")) for c in (first, second)]
             await wait_until(
-                lambda: conn.execute(
-                    "select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%complete_builds%'"
-                ).fetchone()["n"]
-                == 2,
+                lambda: (
+                    conn.execute(
+                        "select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%complete_builds%'"
+                    ).fetchone()["n"]
+                    == 2
+                ),
                 10,
             )
         switched = [await (await task).fetchall() for task in switches]
@@ -470,7 +470,7 @@ async def test_a_column_added_with_the_same_model_embeds_only_the_chunks_it_chan
     assert 6 <= embedded <= 2 * 6 < chunks
     rows = conn.execute(
         "select 'body: ' || p.body || ' name: ' || p.name as text, e.chunk, e.chunk_start, e.chunk_end, e.content_hash,"
-        " e.source_updated_at from pages p join vectorize.\"_embeddings_pages$2\" e on e.id = p.id order by p.id, e.chunk"
+        ' e.source_updated_at from pages p join vectorize."_embeddings_pages$2" e on e.id = p.id order by p.id, e.chunk'
     ).fetchall()
     assert all(r["source_updated_at"] is not None and r["source_updated_at"].year > 2000 for r in rows)
     assert all(bytes(r["content_hash"]) == content_hash(r["text"][r["chunk_start"] : r["chunk_end"]]) for r in rows)
