@@ -14,7 +14,7 @@ from vectorize.jobs import CHUNK_FIELDS, JOB_FIELDS, SEARCH_FIELDS
 from vectorize.metrics import REGISTRY
 from vectorize.query_embedding import QueryEmbedder
 
-from .helpers import MODEL, backfilled_job, wait_until
+from .helpers import MODEL, backfilled_job, create_job, embedding_count, queue_depth, wait_until
 
 QUERY = "camping gear"
 
@@ -166,6 +166,49 @@ async def test_a_selective_filter_ranks_its_rows_exactly(conn, products, start_w
         'select vectorize._estimated_matches(j, vectorize._filter_clause(j, \'{"price": "lte.20"}\')) as n from vectorize.job j'
     ).fetchone()["n"]
     assert plan <= 5000  # the planner's estimate chose the exact path
+
+
+async def test_unfiltered_searches_are_planned_once_per_session_with_the_same_answers(
+    conn, products, start_worker, catalog
+) -> None:
+    """Without filter values vectorize.search() prepares its statements once per session and runs
+    them with generic plans; the answers are those of the same search planned for its values
+    (a filter that every row passes takes that path), whatever the session does in between."""
+    from pgvector.psycopg import register_vector
+
+    await backfilled_job(conn, start_worker)
+    register_vector(conn)
+    vector = catalog.get(MODEL).embed([QUERY])[0]
+
+    def answer(limit: int = 5, filters: str = "{}") -> list[tuple[int, float, object]]:
+        rows = conn.execute(
+            "select r from vectorize.search('my_job', %s, %s, %s::jsonb, %s) r", (vector, limit, filters, QUERY)
+        ).fetchall()
+        return [(r["r"]["product_id"], round(r["r"]["rrf_score"], 9), r["r"]["fts_rank"]) for r in rows]
+
+    def prepared() -> int:
+        return conn.execute("select count(*) as n from pg_prepared_statements where name like 'vectorize\\_%'").fetchone()["n"]
+
+    first = answer()
+    assert len(first) == 5 and prepared() == 3  # chunked or not, nearest rows, the fused answer
+    assert answer() == first and prepared() == 3  # reused, not prepared again
+    assert answer(filters='{"product_id": "gt.0"}') == first and prepared() == 3  # planned for its values
+    conn.execute("deallocate all")
+    assert answer() == first and prepared() == 3
+    # The session's plan cache setting is its own again after the search, in a transaction too.
+    with conn.transaction():
+        answer()
+        assert conn.execute("select current_setting('plan_cache_mode') as m").fetchone()["m"] == "auto"
+    # One statement per limit: their number stays bounded.
+    for limit in range(1, 80):
+        assert len(answer(limit)) == min(limit, 40)
+    assert prepared() <= 64 + 3
+    # The job deleted and created again under its name (a new table of the same name): the
+    # session's statements are planned again for it, and answer as before.
+    conn.execute("delete from vectorize.job")
+    create_job(conn)
+    await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0, 60)
+    assert answer() == first
 
 
 async def test_concurrent_queries_share_inference_and_repeats_come_from_the_cache(catalog) -> None:

@@ -113,6 +113,8 @@ def test_a_database_of_the_previous_release_upgrades_to_a_fresh_install(empty_db
     for part in installed:
         assert upgraded[part] == installed[part], f"{part} differ after the upgrade"
     assert ("_embeddings_my_job", "embedding", "m") in installed["storage"]
+    # Full-text indexes keep a short pending list (every search reads all of it).
+    assert any(name == "_embeddings_my_job_fts" and "gin_pending_list_limit='128'" in d for name, d in installed["indexes"])
     with psycopg.connect(old) as conn:
         # The work queued by the old release is still there, now in the live lane,
         # and the regenerated capture trigger queues new changes.

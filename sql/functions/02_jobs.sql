@@ -444,7 +444,9 @@ begin
     execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)%s', v_base || '_hnsw', v_emb,
                    case when v_m is not null or v_ef is not null
                         then format(' with (m = %s, ef_construction = %s)', coalesce(v_m, 16), coalesce(v_ef, 64)) else '' end);
-    execute format('create index %I on %s using gin (fts)', v_base || '_fts', v_emb);
+    -- A short pending list (128 kB, not 4 MB): every full-text search reads the whole list, and
+    -- at 95 pages it was 1.1 ms of a 1.7 ms search; inserts pay ~0.05 ms a row (see 0013).
+    execute format('create index %I on %s using gin (fts) with (gin_pending_list_limit = 128)', v_base || '_fts', v_emb);
 end $$;
 
 -- Builds a job's objects. A new job (INSERT) gets its embeddings table and indexes first, O(1)
