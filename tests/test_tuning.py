@@ -89,6 +89,45 @@ def test_a_record_from_another_cpu_is_not_reused(tmp_path: Path) -> None:
     assert set(records(tmp_path)[DEFAULT_MODEL]) == {other_cpu, cpu_identity(2)}
 
 
+def test_layouts_are_timed_as_the_worker_runs_them_and_a_new_timing_method_tunes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker keeps BATCHES_IN_FLIGHT batches embedding at once, so each layout is timed with
+    that many calls at once (alone, a one-session layout looked faster than it runs in a backfill);
+    a choice stored by an older way of timing is measured again."""
+    import threading
+
+    from vectorize.embedding import tuning
+    from vectorize.embedding.encoder import BATCHES_IN_FLIGHT
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    embed = Encoder.embed
+
+    def counted(self: Encoder, texts, *args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return embed(self, texts, *args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(Encoder, "embed", counted)
+    manifest = load_manifests(MODELS_DIR)[DEFAULT_MODEL]
+    quick_tuner(tmp_path).settings_for(manifest)
+    assert most == BATCHES_IN_FLIGHT == 2
+    first = records(tmp_path)[DEFAULT_MODEL][cpu_identity(2)]
+
+    monkeypatch.setattr(tuning, "TIMING_METHOD", "one call at a time")
+    quick_tuner(tmp_path).settings_for(manifest)
+    again = records(tmp_path)[DEFAULT_MODEL][cpu_identity(2)]
+    assert again["fingerprint"] == tuning.tuning_fingerprint(manifest) != first["fingerprint"]
+    assert again["tuned_at"] >= first["tuned_at"]
+
+
 def test_tuning_off_uses_the_defaults_and_writes_nothing(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()

@@ -29,6 +29,7 @@ from .config import Settings
 from .db import make_pool
 from .embedding.catalog import Embedder, ModelCatalog
 from .embedding.chunking import split_texts
+from .embedding.encoder import BATCHES_IN_FLIGHT
 from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
 from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, ChunkLine, Claimed, Generation, JobManager, JobWork, SourceRow
 from .retry import SOURCE_BROKEN, Blame, RetryPolicy
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 #: database work overlaps the other's inference and the encoder never idles between
 #: batches. Claims use SKIP LOCKED and writes are newest-wins, so two batches never
 #: take the same items or overwrite a newer embedding with an older one.
-PIPELINE_DEPTH = 2
+PIPELINE_DEPTH = BATCHES_IN_FLIGHT
 
 
 #: [CLS] and [SEP]: the tokens a BERT-family model adds to every text, inside its window.
