@@ -138,20 +138,19 @@ create or replace function vectorize._prepared(p_sql text, p_types text) returns
 language plpgsql as $$
 declare
     v_name text := 'vectorize_' || md5(p_types || p_sql);
+    v_ours text[];
+    v_old  text;
 begin
     if not exists (select 1 from pg_catalog.pg_prepared_statements p where p.name = v_name) then
-        if (select count(*) from pg_catalog.pg_prepared_statements p where p.name like 'vectorize\_%') >= 64 then
-            perform vectorize._deallocate(p.name) from pg_catalog.pg_prepared_statements p where p.name like 'vectorize\_%';
+        v_ours := array(select p.name from pg_catalog.pg_prepared_statements p where p.name like 'vectorize\_%');
+        if cardinality(v_ours) >= 64 then
+            foreach v_old in array v_ours loop
+                execute format('deallocate %I', v_old);
+            end loop;
         end if;
         execute format('prepare %I%s as %s', v_name, case when p_types = '' then '' else '(' || p_types || ')' end, p_sql);
     end if;
     return v_name;
-end $$;
-
-create or replace function vectorize._deallocate(p_name text) returns void
-language plpgsql as $$
-begin
-    execute format('deallocate %I', p_name);
 end $$;
 
 -- Nearest rows by vector (each row by its best chunk, returned as "chunk" with its
