@@ -19,16 +19,16 @@ from vectorize.config import Settings
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from vectorize.embedding.encoder import Encoder
 from vectorize.embedding.export import export_checkpoint
-from vectorize.embedding.registry import export_paths, load_manifests, quantize_int8, source_dir
+from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, quantize_int8, source_dir
 from vectorize.embedding.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.tuning import (
     EngineSettings,
     Tuner,
     TuningPlan,
+    TuningRecord,
     TuningStore,
     cpu_identity,
     default_settings,
-    describe_variant,
     int8_variants,
     layouts,
     load_calibration_texts,
@@ -170,15 +170,33 @@ def test_int8_keeps_the_fastest_variant_inside_the_quality_gate(tmp_path: Path) 
     for f in variants.values():
         if f["passes_gate"]:
             assert f["cosine_min"] >= 0.98 and f["cosine_mean"] >= 0.995 and f["top10_overlap"] >= 0.9
-    keep = settings.keep_fp32 if settings.keep_fp32 is not None else manifest.keep_fp32
+    variant = settings.variant or Int8Variant(manifest.keep_fp32)
     if passing:
-        assert f"int8{describe_variant(keep, settings.smooth_alpha)}" == max(passing, key=passing.__getitem__)
+        assert f"int8{variant.describe()}" == max(passing, key=passing.__getitem__)
     if settings.keep_fp32 is None:
         assert graph is None
     else:
         assert graph is not None and graph.exists()
     # Candidates that lost are not left on disk.
     assert len(list((tmp_path / "tuned" / manifest.slug).glob("*.onnx"))) == (0 if graph is None else 1)
+
+
+def test_a_graph_no_record_names_is_removed_when_a_choice_is_stored(tmp_path: Path) -> None:
+    """Re-tuning replaces a CPU's graph: the old one goes; another CPU's chosen graph stays."""
+    store = TuningStore([tmp_path])
+    folder = store.writable_folder()
+    assert folder is not None
+    graphs = folder / "some-model"
+    graphs.mkdir()
+    settings = EngineSettings(2, 1, 512, (), 0.7, 2)
+    store.save(folder, "m", TuningRecord(cpu="other cpu", settings=settings, graph="some-model/model-other-cpu.onnx"))
+    store.save(folder, "m", TuningRecord(cpu="this cpu", settings=settings, graph="some-model/model-old.onnx"))
+    for name in ("model-old.onnx", "model-other-cpu.onnx", "model-new.onnx"):
+        (graphs / name).write_bytes(b"graph")
+    store.save(folder, "m", TuningRecord(cpu="this cpu", settings=settings, graph="some-model/model-new.onnx"))
+    assert sorted(p.name for p in graphs.iterdir()) == ["model-new.onnx", "model-other-cpu.onnx"]
+    found = store.find("m", "other cpu", "")
+    assert found is not None and found[0].settings == settings
 
 
 def test_cli_tune_and_list(tmp_path: Path) -> None:
@@ -226,3 +244,32 @@ def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(tmp_path
     better = embed(tmp_path / "smoothed-int8.onnx", texts)
     assert (better * reference).sum(axis=1).mean() > (plain * reference).sum(axis=1).mean()
     assert top_k_overlap(reference, better, 10) >= top_k_overlap(reference, plain, 10)
+
+
+def test_outlier_channels_in_fp32_keep_the_function_and_bring_all_int8_closer_than_smoothing(tmp_path: Path) -> None:
+    """The second feed-forward GEMMs split into two fp32 outlier channels and an int8 rest: in fp32
+    the same embeddings; quantised, nearer fp32 than smoothing every GEMM, with every full GEMM int8."""
+    import onnx
+
+    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
+    _, tokenizer = export_paths(manifest, MODELS_DIR)
+    fp32, smoothed, split = tmp_path / "fp32.onnx", tmp_path / "smoothed.onnx", tmp_path / "split.onnx"
+    export_checkpoint(source_dir(manifest), fp32)
+    ranges = activation_ranges(fp32, tokenizer, manifest.max_tokens, load_calibration_texts()[:48])
+    smooth_graph(fp32, smoothed, ranges, 0.7)
+    smooth_graph(fp32, split, ranges, 0.7, outlier_channels=2)
+
+    def embed(path: Path, texts: list[str]) -> np.ndarray:
+        return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=2).embed(texts)
+
+    texts = load_tuning_texts()[:240]
+    reference = embed(fp32, texts)
+    assert (embed(split, texts) * reference).sum(axis=1).min() >= 0.99999
+    quantize_int8(smoothed, tmp_path / "smoothed-int8.onnx", ())
+    quantize_int8(split, tmp_path / "split-int8.onnx", ())
+    graph = onnx.load(str(tmp_path / "split-int8.onnx")).graph
+    fp32_gemms = [node.name for node in graph.node if node.op_type == "MatMul" and "_ff2_" in node.name]
+    assert len(fp32_gemms) == 6 and all(name.endswith("_outliers") for name in fp32_gemms)
+    smoothed_only = (embed(tmp_path / "smoothed-int8.onnx", texts) * reference).sum(axis=1)
+    with_outliers = (embed(tmp_path / "split-int8.onnx", texts) * reference).sum(axis=1)
+    assert with_outliers.mean() > smoothed_only.mean() and with_outliers.min() > smoothed_only.min()

@@ -21,6 +21,26 @@ import numpy as np
 
 from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
 from .export import GRAPH_VERSION, export_checkpoint, read_checkpoint_info
+from .smoothing import OUTLIER_SUFFIX
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """One way to build a model's int8 graph: which GEMMs stay fp32 (node-name prefixes), the
+    SmoothQuant strength applied first (None: not smoothed), and how many outlier channels of each
+    second feed-forward GEMM are multiplied in fp32 (smoothing.py)."""
+
+    keep_fp32: tuple[str, ...]
+    smooth_alpha: float | None = None
+    outlier_channels: int = 0
+
+    def describe(self) -> str:
+        text = f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}"
+        if self.smooth_alpha is not None:
+            text += f", smoothed (alpha {self.smooth_alpha:g})"
+        if self.outlier_channels:
+            text += f", {self.outlier_channels} outlier channels in fp32"
+        return text
 
 
 @dataclass(frozen=True)
@@ -37,9 +57,8 @@ class ModelManifest:
     keep_fp32: tuple[str, ...] = ()
     #: For int8: the sets of fp32 layers tuning may try on a machine, safest first (embedding/tuning.py).
     tune_keep_fp32: tuple[tuple[str, ...], ...] = ()
-    #: For int8: smoothed graphs tuning may try, as (SmoothQuant strength, node-name prefixes kept
-    #: in fp32) pairs (embedding/smoothing.py).
-    tune_smoothing: tuple[tuple[float, tuple[str, ...]], ...] = ()
+    #: For int8: smoothed graphs tuning may try (embedding/smoothing.py).
+    tune_smoothing: tuple[Int8Variant, ...] = ()
     manifest_path: Path | None = None
 
     @property
@@ -62,7 +81,12 @@ class ModelManifest:
             keep_fp32=tuple(data.get("keep_fp32", ())),
             tune_keep_fp32=tuple(tuple(keep) for keep in data.get("tune_keep_fp32", ())),
             tune_smoothing=tuple(
-                (float(variant["alpha"]), tuple(variant.get("keep_fp32", ()))) for variant in data.get("tune_smoothing", ())
+                Int8Variant(
+                    keep_fp32=tuple(variant.get("keep_fp32", ())),
+                    smooth_alpha=float(variant["alpha"]),
+                    outlier_channels=int(variant.get("outlier_channels", 0)),
+                )
+                for variant in data.get("tune_smoothing", ())
             ),
             manifest_path=path,
         )
@@ -184,7 +208,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
     """Dynamic int8 with per-channel weight scales, including the packed QKV projection inside
     each fused Attention (QAttention: +15-20% texts/s over quantising the MatMuls alone). Kept in
     fp32: attention-score MatMuls (no weights) and the nodes whose names start with one of
-    ``keep_fp32`` -- the layers measured most sensitive (bench/ and the manifest say which)."""
+    ``keep_fp32`` -- the layers measured most sensitive (bench/ and the manifest say which) --
+    and the outlier channels a smoothed graph multiplies apart (smoothing.py)."""
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
@@ -192,7 +217,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
     exclude = [
         node.name
         for node in graph.node
-        if (node.op_type == "MatMul" and not any(i in weights for i in node.input)) or node.name.startswith(keep_fp32)
+        if (node.op_type == "MatMul" and not any(i in weights for i in node.input))
+        or node.name.startswith(keep_fp32)
+        or node.name.endswith(OUTLIER_SUFFIX)
     ]
     tmp = out_path.with_suffix(".tmp")
     previous = logging.root.manager.disable

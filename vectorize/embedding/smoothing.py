@@ -20,22 +20,45 @@ smoothing (the previous choice), at nearly the all-int8 speed. The manifest name
 
 The inputs of the fused QKV projection (Attention) and of both feed-forward GEMMs are smoothed;
 the attention output projection is not (smoothing it bought no quality in the same measurement).
-The ranges come from the fp32 graph run over calibration texts (padding excluded)."""
+The ranges come from the fp32 graph run over calibration texts (padding excluded).
+
+Outlier channels in fp32 (LLM.int8()-style decomposition, Dettmers et al. 2022), for the second
+feed-forward GEMMs: their input, the GELU output, has one or two channels far above the rest
+(layer 0: 24.5 against at most 6.0 over the calibration texts). Smoothing scales such a channel's
+weight row up, and a row that large then sets its output columns' weight scales; that is why
+layer 0's GEMM had to stay fp32. With ``outlier_channels`` = k, those GEMMs are not smoothed but
+split: the k channels with the largest range are multiplied in fp32 (a K = k GEMM, next to free),
+the other channels go through the int8 GEMM. The split costs no pass over the activations: the
+outlier channels are taken out of the int8 input by giving them a bias of -10,000 in the GELU
+(whose output is then exactly 0) and recomputed from the first GEMM's output beside it, and their
+weight rows are zeroed. Measured on all-MiniLM-L6-v2 (600 tuning texts / their first sentences,
+mean cosine to fp32, top-10 overlap): alpha 0.7 with layer 0's GEMM in fp32 0.99837 / 0.99815 /
+0.944; every GEMM int8, alpha 0.7 on the QKV and first feed-forward inputs, two outlier channels in
+fp32 on the second: 0.99903 / 0.99879 / 0.957, and 7.5% faster on one core (no fp32 GEMM left, six
+elementwise passes over 1536 channels fewer)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from .encoder import load_tokenizer
 
+if TYPE_CHECKING:
+    import onnx
+
 #: Calibration texts per call (padded to the longest of them).
 CALIBRATION_BATCH = 16
 #: Bounds of a channel's smoothing factor: a dead channel must not divide by ~0.
 MIN_FACTOR, MAX_FACTOR = 1e-2, 1e2
+#: Names of the nodes that multiply outlier channels in fp32 end with this; quantisation skips them.
+OUTLIER_SUFFIX = "_outliers"
+#: GELU bias that silences a channel in the int8 path: GELU(x - 10,000) is exactly 0 in fp32.
+SILENCING_BIAS = -1e4
 
 
 def _smoothable(graph: object) -> list[object]:
@@ -80,18 +103,24 @@ def activation_ranges(fp32_path: Path, tokenizer_path: Path, max_tokens: int, te
     return ranges
 
 
-def smooth_graph(fp32_path: Path, out_path: Path, ranges: dict[str, np.ndarray], alpha: float) -> None:
+def smooth_graph(fp32_path: Path, out_path: Path, ranges: dict[str, np.ndarray], alpha: float, outlier_channels: int = 0) -> None:
     """Write ``fp32_path`` with every smoothable GEMM's input divided and its weight rows
-    multiplied by the channel factors: the same function, easier to quantise."""
+    multiplied by the channel factors -- the same function, easier to quantise -- and, with
+    ``outlier_channels``, each second feed-forward GEMM split into fp32 outliers and the rest."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(fp32_path))
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
     for node in _smoothable(graph):
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
         peak = np.maximum(ranges[node.input[0]].astype(np.float32), 1e-5)
+        gelu = producers.get(node.input[0])
+        if outlier_channels and gelu is not None and gelu.op_type == "BiasGelu":
+            _split_outliers(graph, initializers, gelu, node, weight, np.argsort(-peak)[:outlier_channels])
+            continue
         factors = np.power(peak, alpha) / np.power(np.maximum(np.abs(weight).max(axis=1), 1e-5), 1 - alpha)
         factors = np.clip(factors, MIN_FACTOR, MAX_FACTOR).astype(np.float32)
         initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * factors[:, None], node.input[1]))
@@ -104,3 +133,40 @@ def smooth_graph(fp32_path: Path, out_path: Path, ranges: dict[str, np.ndarray],
     tmp = out_path.with_suffix(".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(out_path)
+
+
+def _split_outliers(
+    graph: onnx.GraphProto,
+    initializers: dict[str, onnx.TensorProto],
+    gelu: onnx.NodeProto,
+    gemm: onnx.NodeProto,
+    weight: np.ndarray,
+    channels: np.ndarray,
+) -> None:
+    """``gemm(gelu(h + b))`` as ``gemm'(gelu(h + b'))`` + ``gelu(h[:, c] + b[c]) @ W[c]``, where b' silences
+    the channels c and W' has their rows zeroed: the first term is quantised, the second stays fp32."""
+    from onnx import helper, numpy_helper
+
+    bias = numpy_helper.to_array(initializers[gelu.input[1]]).astype(np.float32)
+    outlier_bias = bias[channels].copy()
+    bias[channels] = SILENCING_BIAS
+    initializers[gelu.input[1]].CopyFrom(numpy_helper.from_array(bias, gelu.input[1]))
+    outlier_weight = weight[channels].copy()
+    weight[channels] = 0.0
+    initializers[gemm.input[1]].CopyFrom(numpy_helper.from_array(weight, gemm.input[1]))
+    prefix = f"{gemm.name}_outlier"
+    for part, value in (("channels", channels.astype(np.int64)), ("bias", outlier_bias), ("weight", outlier_weight)):
+        graph.initializer.append(numpy_helper.from_array(value, f"{prefix}_{part}"))
+    total = gemm.output[0]
+    gemm.output[0] = f"{gemm.name}_int8_part"
+    nodes = [
+        helper.make_node("Gather", [gelu.input[0], f"{prefix}_channels"], [f"{prefix}_in"], name=f"{prefix}_gather", axis=-1),
+        helper.make_node(
+            "BiasGelu", [f"{prefix}_in", f"{prefix}_bias"], [f"{prefix}_x"], name=f"{prefix}_gelu", domain="com.microsoft"
+        ),
+        helper.make_node("MatMul", [f"{prefix}_x", f"{prefix}_weight"], [f"{prefix}_y"], name=gemm.name + OUTLIER_SUFFIX),
+        helper.make_node("Add", [gemm.output[0], f"{prefix}_y"], [total], name=f"{prefix}_add"),
+    ]
+    position = list(graph.node).index(gemm) + 1
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)

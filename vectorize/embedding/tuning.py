@@ -10,8 +10,9 @@ CPU's identity; later starts on that CPU reuse it, another CPU tunes anew.
 What is tried, per model:
 1. the session layout (sessions x threads per session) and the padded tokens per call;
 2. for int8 models, which layers stay fp32: the manifest lists candidate sets
-   (``tune_keep_fp32``), and smoothed graphs (``tune_smoothing``: SmoothQuant strength and the
-   layers still kept in fp32, see smoothing.py), each quantised and checked against the fp32
+   (``tune_keep_fp32``), and smoothed graphs (``tune_smoothing``: SmoothQuant strength, the
+   layers still kept in fp32 and the outlier channels multiplied in fp32, see smoothing.py),
+   each quantised and checked against the fp32
    graph on the same texts and on their first sentences alone (min cosine >= 0.98, mean >= 0.995
    on both, top-10 neighbour overlap >= 0.9); the fastest that passes wins. The fp32 graph is
    the reference because it matches sentence-transformers' PyTorch output to cosine >= 0.9999
@@ -44,7 +45,7 @@ import onnxruntime as ort
 
 from .encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
 from .export import export_checkpoint
-from .registry import ModelManifest, ensure_exported, export_fingerprint, quantize_int8, source_dir
+from .registry import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, quantize_int8, source_dir
 from .smoothing import activation_ranges, smooth_graph
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,20 @@ class EngineSettings:
     keep_fp32: tuple[str, ...] | None = None
     #: int8 only: SmoothQuant migration strength the graph was smoothed with before quantising.
     smooth_alpha: float | None = None
+    #: int8 only: outlier channels of each second feed-forward GEMM multiplied in fp32.
+    outlier_channels: int = 0
+
+    @property
+    def variant(self) -> Int8Variant | None:
+        """The int8 graph these settings run; None: the manifest's own export."""
+        if self.keep_fp32 is None:
+            return None
+        return Int8Variant(self.keep_fp32, self.smooth_alpha, self.outlier_channels)
 
     def describe(self) -> str:
         layout = f"{self.sessions} session{'s' if self.sessions > 1 else ''} x {self.threads_per_session} thread"
-        return f"{layout}, {self.token_budget} tokens/call{describe_variant(self.keep_fp32, self.smooth_alpha)}"
-
-
-def describe_variant(keep: tuple[str, ...] | None, alpha: float | None) -> str:
-    kept = "" if keep is None else f", fp32 kept: {', '.join(keep) or 'none'}"
-    return kept + ("" if alpha is None else f", smoothed (alpha {alpha:g})")
+        variant = "" if self.variant is None else self.variant.describe()
+        return f"{layout}, {self.token_budget} tokens/call{variant}"
 
 
 def default_settings(cores: int) -> EngineSettings:
@@ -178,6 +184,7 @@ class TuningStore:
             settings = data["settings"]
             keep = settings.get("keep_fp32")
             alpha = settings.get("smooth_alpha")
+            outliers = settings.get("outlier_channels", 0)
             record = TuningRecord(
                 cpu=cpu,
                 settings=EngineSettings(
@@ -186,6 +193,7 @@ class TuningStore:
                     token_budget=int(settings["token_budget"]),
                     keep_fp32=None if keep is None else tuple(keep),
                     smooth_alpha=None if alpha is None else float(alpha),
+                    outlier_channels=int(outliers),
                 ),
                 figures=data.get("figures", {}),
                 tuned_at=data.get("tuned_at", ""),
@@ -225,6 +233,15 @@ class TuningStore:
         tmp = folder / (RECORDS + ".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(folder / RECORDS)
+        self._remove_unused_graphs(folder, data)
+
+    @staticmethod
+    def _remove_unused_graphs(folder: Path, data: dict) -> None:
+        """A graph no record names any more (its CPU re-tuned to another) is ~60 MB of nothing."""
+        named = {record.get("graph") for per_cpu in data.values() for record in per_cpu.values()}
+        for graph in folder.glob("*/model-*.onnx"):
+            if str(graph.relative_to(folder)) not in named:
+                graph.unlink(missing_ok=True)
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -265,20 +282,24 @@ TIMING_METHOD = f"{BATCHES_IN_FLIGHT} calls at once"
 
 def tuning_fingerprint(manifest: ModelManifest) -> str:
     """The export a record was measured on, the variants it chose among and how it timed them."""
-    variants = json.dumps([[list(keep), alpha] for keep, alpha in int8_variants(manifest)] + [TIMING_METHOD])
+    variants = json.dumps([asdict(variant) for variant in int8_variants(manifest)] + [TIMING_METHOD])
     return export_fingerprint(manifest)[:16] + "-" + hashlib.sha256(variants.encode()).hexdigest()[:8]
 
 
-def int8_variants(manifest: ModelManifest) -> list[tuple[tuple[str, ...], float | None]]:
-    """(fp32 layers kept, smoothing strength) of each int8 graph tuning tries, the export's first."""
-    variants: list[tuple[tuple[str, ...], float | None]] = [(keep, None) for keep in manifest.tune_keep_fp32]
-    if (manifest.keep_fp32, None) not in variants:
-        variants.insert(0, (manifest.keep_fp32, None))
-    return variants + [(keep, alpha) for alpha, keep in manifest.tune_smoothing]
+def int8_variants(manifest: ModelManifest) -> list[Int8Variant]:
+    """Each int8 graph tuning tries, the export's own first."""
+    variants = [Int8Variant(keep) for keep in manifest.tune_keep_fp32]
+    if Int8Variant(manifest.keep_fp32) not in variants:
+        variants.insert(0, Int8Variant(manifest.keep_fp32))
+    return variants + list(manifest.tune_smoothing)
 
 
-def _graph_name(keep: tuple[str, ...], alpha: float | None) -> str:
-    recipe = "\n".join(keep) + ("" if alpha is None else f"\nsmooth:{alpha:g}")
+def _graph_name(variant: Int8Variant) -> str:
+    recipe = "\n".join(variant.keep_fp32)
+    if variant.smooth_alpha is not None:
+        recipe += f"\nsmooth:{variant.smooth_alpha:g}"
+    if variant.outlier_channels:
+        recipe += f"\noutliers:{variant.outlier_channels}"
     return "model-" + hashlib.sha256(recipe.encode()).hexdigest()[:12] + ".onnx"
 
 
@@ -392,20 +413,20 @@ class Tuner:
         fp32 = self._encoder(fp32_path, *args)
         reference, short_reference = fp32.embed(texts), fp32.embed(shorts)
         ranges = None
-        best: tuple[float, tuple[str, ...], float | None, Path] | None = None
+        best: tuple[float, Int8Variant, Path] | None = None
         built: list[Path] = []
-        for keep, alpha in int8_variants(manifest):
-            if keep == manifest.keep_fp32 and alpha is None:
+        for variant in int8_variants(manifest):
+            if variant == Int8Variant(manifest.keep_fp32):
                 path = onnx_path
             else:
-                path = model_folder / _graph_name(keep, alpha)
+                path = model_folder / _graph_name(variant)
                 source = fp32_path
-                if alpha is not None:
+                if variant.smooth_alpha is not None:
                     if ranges is None:
                         ranges = activation_ranges(fp32_path, tokenizer_path, manifest.max_tokens, load_calibration_texts())
                     source = model_folder / "model-smoothed.onnx"
-                    smooth_graph(fp32_path, source, ranges, alpha)
-                quantize_int8(source, path, keep)
+                    smooth_graph(fp32_path, source, ranges, variant.smooth_alpha, variant.outlier_channels)
+                quantize_int8(source, path, variant.keep_fp32)
                 if source != fp32_path:
                     source.unlink()
                 built.append(path)
@@ -419,7 +440,7 @@ class Tuner:
                 and min(cosine.mean(), short_cosine.mean()) >= MEAN_COSINE + MEAN_COSINE_MARGIN
                 and overlap >= MIN_TOP10_OVERLAP + TOP10_MARGIN
             )
-            figures[f"int8{describe_variant(keep, alpha)}"] = {
+            figures[f"int8{variant.describe()}"] = {
                 "texts_per_s": round(speed, 1),
                 "cosine_min": round(float(cosine.min()), 4),
                 "cosine_mean": round(float(cosine.mean()), 5),
@@ -429,13 +450,20 @@ class Tuner:
                 "passes_gate": float(passed),
             }
             if passed and (best is None or speed > best[0]):
-                best = (speed, keep, alpha, path)
+                best = (speed, variant, path)
         fp32_path.unlink()
         for path in built:
-            if best is None or path != best[3]:
+            if best is None or path != best[2]:
                 path.unlink(missing_ok=True)
-        if best is None or best[3] == onnx_path:
+        if best is None or best[2] == onnx_path:
             return EngineSettings(layout.sessions, layout.threads_per_session, layout.token_budget), None
-        _, keep, alpha, path = best
-        settings = EngineSettings(layout.sessions, layout.threads_per_session, layout.token_budget, keep, alpha)
+        _, variant, path = best
+        settings = EngineSettings(
+            layout.sessions,
+            layout.threads_per_session,
+            layout.token_budget,
+            variant.keep_fp32,
+            variant.smooth_alpha,
+            variant.outlier_channels,
+        )
         return settings, str(path.relative_to(folder))
