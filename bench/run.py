@@ -34,7 +34,7 @@ from vectorize.db import migrate, publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.chunking import split_texts
 from vectorize.embedding.registry import load_manifests, source_dir
-from vectorize.embedding.tuning import top_k_overlap
+from vectorize.embedding.tuning import cpu_description, cpu_flags, top_k_overlap
 from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
 
@@ -94,24 +94,6 @@ def st_round(texts: list[str], threads: int, workdir: Path) -> dict[str, tuple[f
     )
     speeds = json.loads(result.stdout.strip().splitlines()[-1])
     return {b: (speeds[b], np.load(workdir / f"{b.replace(':', '_')}.npy")) for b in backends}
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model() -> str:
-    """The CPU's model and the ISA flags that decide which kernels run (figures differ by them)."""
-    model, flags = platform.processor() or platform.machine(), cpu_flags()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8") if f in flags]
-    return f"{model} [{' '.join(isa) or 'no AVX2'}]"
 
 
 def reference_versions() -> str:
@@ -378,7 +360,7 @@ def main() -> None:
     engine_med = statistics.median(engine_tps)
 
     print(
-        f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, "
+        f"\nmachine: {os.cpu_count()} cores, {cpu_description()}, Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}, "
         f"{reference_versions()}\nrun: threads {args.threads}, {args.texts} texts x {args.rounds} rounds\n"
         f"engine settings tuned for this CPU: fp32 {tuned[MODEL]}; int8 {tuned[INT8_MODEL]}\n"

@@ -35,11 +35,12 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_model, embedded_database, scratch_database  # noqa: E402
+from bench.run import embedded_database, scratch_database  # noqa: E402
 from vectorize.api import QUERIES, create_app  # noqa: E402
 from vectorize.config import Settings  # noqa: E402
 from vectorize.db import make_pool  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
+from vectorize.embedding.tuning import cpu_description  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
 from vectorize.query_embedding import CACHE_SIZE, QueryEmbedder  # noqa: E402
 from vectorize.worker import Worker  # noqa: E402
@@ -412,7 +413,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     builds = [tuple(int(v) for v in b.split(":")) for b in args.builds.split(",")]
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_description()}")
     items = load(args.rows)
     # Queries a user would type: short descriptions of random packages, not their own text.
     queries = [item["short_description"] for item in random.Random(7).sample(items, args.queries)]

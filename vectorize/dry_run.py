@@ -20,6 +20,10 @@ from .errors import UserError, database_errors
 from .jobs import same_definition, with_defaults
 from .queries import query
 
+#: The definition's fields a row's text and chunks depend on; vectorize._same_text
+#: (sql/functions/02_generations.sql) compares the same ones when a redefinition copies embeddings.
+TEXT_FIELDS = ("src_columns", "chunking", "chunk_tokens", "chunk_overlap")
+
 #: Tables up to this many rows are counted row by row; larger ones are sampled.
 EXACT_ROWS = 5000
 #: About how many rows a sample takes.
@@ -99,7 +103,7 @@ async def plan(pool: AsyncConnectionPool, catalog: ModelCatalog, definition: dic
     if action == "unchanged":
         embeds = "nothing"
     elif current is not None and redefine and current["model"] == params["model"]:
-        same_text = all(current[f] == params[f] for f in ("src_columns", "chunking", "chunk_tokens", "chunk_overlap"))
+        same_text = all(current[f] == params[f] for f in TEXT_FIELDS)
         # The serving embeddings are copied: only chunks whose text changed are embedded again.
         embeds = "nothing" if same_text else "changed chunks (at most the figures below)"
     texts = [row["content"] for row in sample]

@@ -46,16 +46,23 @@ def parse_ranking(params: dict[str, Any]) -> dict[str, float]:
     return ranking
 
 
-def parse_limit(raw: object, default: int = 10) -> int:
+def _integer_in(raw: object, name: str, low: int, high: int) -> int | None:
+    """An integer parameter from a query string or a JSON body (None when absent). JSON's 2.5 or
+    true is refused, not truncated to 2 or read as 1."""
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        limit = int(raw)  # type: ignore[call-overload]
+        value = int(raw)  # type: ignore[call-overload]
     except (TypeError, ValueError):
-        raise UserError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw!r}") from None
-    if isinstance(raw, bool) or not 1 <= limit <= MAX_LIMIT:
-        raise UserError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw!r}")
-    return limit
+        value = low - 1
+    if isinstance(raw, bool | float) or not low <= value <= high:
+        raise UserError(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
+    return value
+
+
+def parse_limit(raw: object, default: int = 10) -> int:
+    limit = _integer_in(raw, "limit", 1, MAX_LIMIT)
+    return default if limit is None else limit
 
 
 def parse_wait_for_sync(raw: object) -> float | None:
@@ -102,15 +109,7 @@ def parse_return_columns(raw: object) -> list[str] | None:
 
 def parse_ef_search(raw: object) -> int | None:
     """``ef_search``: HNSW candidates kept while searching (1 to 1000; more = better recall, slower)."""
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        value = 0
-    if isinstance(raw, bool) or isinstance(raw, float) or not 1 <= value <= 1000:
-        raise UserError(400, f"ef_search must be an integer from 1 to 1000, got {raw!r}")
-    return value
+    return _integer_in(raw, "ef_search", 1, 1000)
 
 
 @dataclass

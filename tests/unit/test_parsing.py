@@ -11,7 +11,7 @@ from vectorize.search import parse_ef_search, parse_limit, parse_ranking, parse_
 
 def test_limit() -> None:
     assert parse_limit(None) == 10 and parse_limit("25") == 25
-    for bad in ("0", "1001", "x", True, 2.5j):
+    for bad in ("0", "1001", "x", True, 2.5j, 2.5, "2.5"):
         with pytest.raises(UserError, match="limit must be an integer from 1 to 1000"):
             parse_limit(bad)
 

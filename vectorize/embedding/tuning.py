@@ -107,8 +107,8 @@ class TuningPlan:
     quality_texts: int = 600
 
 
-def cpu_identity(cores: int) -> str:
-    """What a stored choice is valid for: the CPU model, its ISA, the cores used, the runtime."""
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The first CPU's model name and feature flags (the machine's architecture where unknown)."""
     model, flags = platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -118,8 +118,22 @@ def cpu_identity(cores: int) -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
-    return f"{model} [{isa}] x{cores} cores, onnxruntime {ort.__version__}"
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    return _cpuinfo()[1]
+
+
+def cpu_description() -> str:
+    """The CPU's model and the ISA features that decide which kernels run: every figure differs by them."""
+    model, flags = _cpuinfo()
+    return f"{model} [{' '.join(f for f in ISA_FLAGS if f in flags) or 'no AVX2'}]"
+
+
+def cpu_identity(cores: int) -> str:
+    """What a stored choice is valid for: the CPU model, its ISA, the cores used, the runtime."""
+    return f"{cpu_description()} x{cores} cores, onnxruntime {ort.__version__}"
 
 
 def layouts(cores: int) -> list[tuple[int, int]]:
