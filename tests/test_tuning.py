@@ -9,7 +9,8 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -222,54 +223,65 @@ def test_cli_tune_and_list(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "unknown model 'no/such-model'" in unknown.stderr
 
 
-def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(tmp_path: Path) -> None:
-    """Smoothing only moves scale between activations and weights: the fp32 graph computes the
-    same embeddings; quantised, every layer int8, it is nearer the fp32 output than without."""
+@dataclass
+class SmoothingBench:
+    """The fp32 export, its activation ranges and its smoothed graph (alpha 0.7, also quantised),
+    built once for the smoothing tests, with the fp32 embeddings of 240 tuning texts to compare against."""
+
+    folder: Path
+    fp32: Path
+    smoothed: Path
+    smoothed_int8: Path
+    ranges: dict[str, np.ndarray]
+    reference: np.ndarray
+    embed: Callable[[Path], np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def smoothing_bench(tmp_path_factory: pytest.TempPathFactory) -> SmoothingBench:
+    folder = tmp_path_factory.mktemp("smoothing")
     manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
     _, tokenizer = export_paths(manifest, MODELS_DIR)
-    fp32, smoothed = tmp_path / "fp32.onnx", tmp_path / "smoothed.onnx"
+    fp32, smoothed = folder / "fp32.onnx", folder / "smoothed.onnx"
     export_checkpoint(source_dir(manifest), fp32)
     ranges = activation_ranges(fp32, tokenizer, manifest.max_tokens, load_calibration_texts()[:48])
     smooth_graph(fp32, smoothed, ranges, 0.7)
+    quantize_int8(smoothed, folder / "smoothed-int8.onnx", ())
+    texts = load_tuning_texts()[:240]
 
-    def embed(path: Path, texts: list[str]) -> np.ndarray:
+    def embed(path: Path) -> np.ndarray:
         return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=2).embed(texts)
 
-    texts = load_tuning_texts()[:240]
-    reference = embed(fp32, texts)
-    assert (embed(smoothed, texts) * reference).sum(axis=1).min() >= 0.99999
-    quantize_int8(fp32, tmp_path / "plain-int8.onnx", ())
-    quantize_int8(smoothed, tmp_path / "smoothed-int8.onnx", ())
-    plain = embed(tmp_path / "plain-int8.onnx", texts)
-    better = embed(tmp_path / "smoothed-int8.onnx", texts)
+    return SmoothingBench(folder, fp32, smoothed, folder / "smoothed-int8.onnx", ranges, embed(fp32), embed)
+
+
+def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(smoothing_bench: SmoothingBench) -> None:
+    """Smoothing only moves scale between activations and weights: the fp32 graph computes the
+    same embeddings; quantised, every layer int8, it is nearer the fp32 output than without."""
+    bench, reference = smoothing_bench, smoothing_bench.reference
+    assert (bench.embed(bench.smoothed) * reference).sum(axis=1).min() >= 0.99999
+    quantize_int8(bench.fp32, bench.folder / "plain-int8.onnx", ())
+    plain = bench.embed(bench.folder / "plain-int8.onnx")
+    better = bench.embed(bench.smoothed_int8)
     assert (better * reference).sum(axis=1).mean() > (plain * reference).sum(axis=1).mean()
     assert top_k_overlap(reference, better, 10) >= top_k_overlap(reference, plain, 10)
 
 
-def test_outlier_channels_in_fp32_keep_the_function_and_bring_all_int8_closer_than_smoothing(tmp_path: Path) -> None:
+def test_outlier_channels_in_fp32_keep_the_function_and_bring_all_int8_closer_than_smoothing(
+    smoothing_bench: SmoothingBench,
+) -> None:
     """The second feed-forward GEMMs split into two fp32 outlier channels and an int8 rest: in fp32
     the same embeddings; quantised, nearer fp32 than smoothing every GEMM, with every full GEMM int8."""
     import onnx
 
-    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
-    _, tokenizer = export_paths(manifest, MODELS_DIR)
-    fp32, smoothed, split = tmp_path / "fp32.onnx", tmp_path / "smoothed.onnx", tmp_path / "split.onnx"
-    export_checkpoint(source_dir(manifest), fp32)
-    ranges = activation_ranges(fp32, tokenizer, manifest.max_tokens, load_calibration_texts()[:48])
-    smooth_graph(fp32, smoothed, ranges, 0.7)
-    smooth_graph(fp32, split, ranges, 0.7, outlier_channels=2)
-
-    def embed(path: Path, texts: list[str]) -> np.ndarray:
-        return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=2).embed(texts)
-
-    texts = load_tuning_texts()[:240]
-    reference = embed(fp32, texts)
-    assert (embed(split, texts) * reference).sum(axis=1).min() >= 0.99999
-    quantize_int8(smoothed, tmp_path / "smoothed-int8.onnx", ())
-    quantize_int8(split, tmp_path / "split-int8.onnx", ())
-    graph = onnx.load(str(tmp_path / "split-int8.onnx")).graph
+    bench, reference = smoothing_bench, smoothing_bench.reference
+    split = bench.folder / "split.onnx"
+    smooth_graph(bench.fp32, split, bench.ranges, 0.7, outlier_channels=2)
+    assert (bench.embed(split) * reference).sum(axis=1).min() >= 0.99999
+    quantize_int8(split, bench.folder / "split-int8.onnx", ())
+    graph = onnx.load(str(bench.folder / "split-int8.onnx")).graph
     fp32_gemms = [node.name for node in graph.node if node.op_type == "MatMul" and "_ff2_" in node.name]
     assert len(fp32_gemms) == 6 and all(name.endswith("_outliers") for name in fp32_gemms)
-    smoothed_only = (embed(tmp_path / "smoothed-int8.onnx", texts) * reference).sum(axis=1)
-    with_outliers = (embed(tmp_path / "split-int8.onnx", texts) * reference).sum(axis=1)
+    smoothed_only = (bench.embed(bench.smoothed_int8) * reference).sum(axis=1)
+    with_outliers = (bench.embed(bench.folder / "split-int8.onnx") * reference).sum(axis=1)
     assert with_outliers.mean() > smoothed_only.mean() and with_outliers.min() > smoothed_only.min()

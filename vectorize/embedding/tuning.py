@@ -36,7 +36,7 @@ import time
 from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -365,7 +365,7 @@ class Tuner:
             for layout in layouts(self.cores)
         }
         candidates = {
-            EngineSettings(sessions, threads, budget): encoder
+            EngineSettings(sessions, threads, budget): (encoder, budget)
             for (sessions, threads), encoder in encoders.items()
             for budget in self.plan.budgets
         }
@@ -388,15 +388,13 @@ class Tuner:
         )
         return record
 
-    def _fastest_of_rounds(self, candidates: dict[K, Encoder], texts: list[str]) -> dict[K, float]:
+    def _fastest_of_rounds(self, candidates: dict[K, tuple[Encoder, int]], texts: list[str]) -> dict[K, float]:
         """Each candidate's best texts/s over interleaved rounds (a busy neighbour slows one timing,
-        not all of them), timed as the worker runs the engine. A candidate is an encoder, and for
-        settings, the token budget to set on it first."""
+        not all of them), timed as the worker runs the engine: its encoder at its token budget."""
         speeds: dict[K, float] = {}
         for _ in range(self.plan.rounds):
-            for candidate, encoder in candidates.items():
-                if isinstance(candidate, EngineSettings):
-                    encoder.token_budget = candidate.token_budget
+            for candidate, (encoder, budget) in candidates.items():
+                encoder.token_budget = budget
                 speeds[candidate] = max(speeds.get(candidate, 0.0), _pipelined_texts_per_second(encoder, texts))
         return speeds
 
@@ -442,7 +440,7 @@ class Tuner:
         ranges = None
         built: list[Path] = []
         graphs: dict[Int8Variant, tuple[Encoder, Path]] = {}
-        passing: list[Int8Variant] = []
+        quality: dict[Int8Variant, dict[str, float]] = {}
         for variant in int8_variants(manifest):
             if variant == Int8Variant(manifest.keep_fp32):
                 path = onnx_path
@@ -469,7 +467,7 @@ class Tuner:
                 and min(cosine.mean(), short_cosine.mean()) >= MEAN_COSINE + MEAN_COSINE_MARGIN
                 and overlap >= MIN_TOP10_OVERLAP + TOP10_MARGIN
             )
-            figures[f"int8{variant.describe()}"] = {
+            quality[variant] = {
                 "cosine_min": round(float(cosine.min()), 4),
                 "cosine_mean": round(float(cosine.mean()), 5),
                 "short_cosine_min": round(float(short_cosine.min()), 4),
@@ -477,25 +475,21 @@ class Tuner:
                 "top10_overlap": round(overlap, 3),
                 "passes_gate": float(passed),
             }
-            if passed:
-                passing.append(variant)
         fp32_path.unlink()
-        speeds = self._fastest_of_rounds({variant: encoder for variant, (encoder, _) in graphs.items()}, timing)
-        for variant, speed in speeds.items():
-            figures[f"int8{variant.describe()}"] = {"texts_per_s": round(speed, 1), **figures[f"int8{variant.describe()}"]}
-        best = max(passing, key=speeds.__getitem__, default=None)
-        for path in built:
-            if best is None or path != graphs[best][1]:
-                path.unlink(missing_ok=True)
-        if best is None or graphs[best][1] == onnx_path:
-            return EngineSettings(layout.sessions, layout.threads_per_session, layout.token_budget), None
-        variant, path = best, graphs[best][1]
-        settings = EngineSettings(
-            layout.sessions,
-            layout.threads_per_session,
-            layout.token_budget,
-            variant.keep_fp32,
-            variant.smooth_alpha,
-            variant.outlier_channels,
+        speeds = self._fastest_of_rounds(
+            {variant: (encoder, layout.token_budget) for variant, (encoder, _) in graphs.items()}, timing
         )
-        return settings, str(path.relative_to(folder))
+        for variant, speed in speeds.items():
+            figures[f"int8{variant.describe()}"] = {"texts_per_s": round(speed, 1), **quality[variant]}
+        passing = [variant for variant in graphs if quality[variant]["passes_gate"]]
+        best = max(passing, key=speeds.__getitem__, default=None)
+        chosen = None if best is None else graphs[best][1]
+        for path in built:
+            if path != chosen:
+                path.unlink(missing_ok=True)
+        if best is None or chosen is None or chosen == onnx_path:
+            return layout, None  # the manifest's own export
+        settings = replace(
+            layout, keep_fp32=best.keep_fp32, smooth_alpha=best.smooth_alpha, outlier_channels=best.outlier_channels
+        )
+        return settings, str(chosen.relative_to(folder))
