@@ -4,6 +4,7 @@ embedder outage; freshness is measured and visible; a search can read its own wr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import socket
@@ -65,9 +66,13 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
     return float(p50), float(p95), float(p99)
 
 
-async def probe_live_latency(conn, jobs: list[str], count: int) -> list[float]:
-    latencies = []
-    for i in range(count):
+async def probe_live_latency(conn, jobs: list[str], count: int, *, at_least: float = 0.0) -> list[float]:
+    """``count`` live changes one after another, and more until ``at_least`` seconds have passed."""
+    latencies: list[float] = []
+    started = time.monotonic()
+    for i in itertools.count():
+        if i >= count and time.monotonic() - started >= at_least:
+            break
         job = jobs[i % len(jobs)]
         latencies.append(await change_latency(conn, job, 1 + i % 40, f"probe {i} of live latency"))
         await asyncio.sleep(0.05)
@@ -79,19 +84,24 @@ async def test_a_live_change_never_waits_behind_another_jobs_backfill(conn, prod
     start_worker()
     await wait_until(lambda: embedding_count(conn, "small") == 40 and queue_depth(conn) == 0, timeout=60)
     load_descriptions(conn, "big", 5000)
+    created = time.monotonic()
     create_job(conn, job_name="big", src_table="big", src_columns=["description"], primary_key="id")
-    await wait_until(lambda: embedding_count(conn, "big") > 0, timeout=60)
-    started, embedded_before = time.monotonic(), embedding_count(conn, "big")
+    await wait_until(lambda: embedding_count(conn, "big") > 0, timeout=120)
+    # One backfill batch's time on this CPU (~1 s on AVX-512 VNNI, ~10 s on 2 AVX2 cores): the
+    # probe lasts three of them, so backfill batches must commit inside it whatever the CPU's speed.
+    batch_seconds = time.monotonic() - created
+    embedded_before = embedding_count(conn, "big")
 
-    latencies = await probe_live_latency(conn, ["small"], 60)
+    latencies = await probe_live_latency(conn, ["small"], 60, at_least=3 * batch_seconds)
 
-    big_rate = (embedding_count(conn, "big") - embedded_before) / (time.monotonic() - started)
+    embedded_during = embedding_count(conn, "big") - embedded_before
     p50, p95, p99 = percentiles(latencies)
     print(
-        f"\nlive latency while a 5000-row job backfills: p50 {p50:.3f}s p95 {p95:.3f}s p99 {p99:.3f}s; big: {big_rate:.1f} rows/s"
+        f"\nlive latency while a 5000-row job backfills: p50 {p50:.3f}s p95 {p95:.3f}s p99 {p99:.3f}s;"
+        f" big: {embedded_during} rows embedded during the probe (one batch took {batch_seconds:.1f} s)"
     )
     assert embedding_count(conn, "big") < 5000, "the backfill ended before the probe did: nothing was measured"
-    assert big_rate > 5, "the backfill must keep going while live changes are served"
+    assert embedded_during > 0, "the backfill must keep going while live changes are served"
     assert p95 <= P95_BOUND and p99 <= P99_BOUND
 
 

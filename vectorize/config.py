@@ -67,6 +67,10 @@ class Settings:
     retry_backoff: float = _setting(1.0, "seconds before a failed row's first retry; doubles per try, capped at 5 min")
     embedder_backoff: float = _setting(2.0, "seconds a job first waits when its embedder is down; doubles per failed try")
     embedder_backoff_max: float = _setting(60.0, "longest wait between tries of an embedder that is down")
+    max_row_chars: int = _setting(
+        1_000_000,
+        "largest row text embedded (characters of its embedded columns); a longer row is parked at once, before inference",
+    )
     max_body_bytes: int = _setting(1 << 20, "largest accepted request body")
     openai_models: str = _setting("", 'comma-separated models of an OpenAI-compatible API, used as "openai/<model>"')
     openai_base_url: str = _setting(DEFAULT_BASE_URL, "that API's base URL (OpenAI, Ollama, vLLM, TEI, ...)")

@@ -19,12 +19,17 @@ from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
 #: Errors that mean the job's source itself is broken, not one row.
 SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)
 
+#: Errors the database raises over one row's values when a batch is written (a tsvector over
+#: 1 MB, a value a type rejects, a constraint): that row's, found by splitting the batch. Class 54
+#: (program limit exceeded) is an OperationalError in psycopg, so it is named before that check.
+ROW_REJECTED = (psycopg.errors.ProgramLimitExceeded, psycopg.DataError, psycopg.IntegrityError)
+
 #: Longest wait before a failed row's next try.
 ROW_BACKOFF_CAP = 300.0
 
 
 class Blame(Enum):
-    ROW = "row"  # retry the rows one by one, count an attempt against the failing one
+    ROW = "row"  # split the batch until the failing rows are found, count an attempt against each
     EMBEDDER = "embedder"  # pause the job; no row is charged
     SOURCE = "source"  # the job cannot run any more: fail it
     NOBODY = "nobody"  # shutdown or a database outage: pass it up, the transaction rolls back
@@ -47,6 +52,8 @@ class RetryPolicy:
             return Blame.EMBEDDER
         if isinstance(exc, SOURCE_BROKEN):
             return Blame.SOURCE
+        if isinstance(exc, ROW_REJECTED):
+            return Blame.ROW
         if isinstance(exc, psycopg.OperationalError | EmbeddingAborted) or not isinstance(exc, Exception):
             return Blame.NOBODY
         return Blame.ROW

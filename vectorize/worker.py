@@ -66,6 +66,8 @@ class Prepared:
     #: The distinct chunk texts embedded, per model.
     texts: dict[str, set[str]] = field(default_factory=dict)
     embedded_rows: int = 0
+    #: Rows longer than the text budget (key -> characters): parked once the batch commits.
+    oversized: dict[str, int] = field(default_factory=dict)
 
     @property
     def text_count(self) -> int:
@@ -86,6 +88,8 @@ class BatchResult:
 
     claimed: list[Claimed] = field(default_factory=list)
     failure: Exception | None = None
+    #: Claimed rows over the text budget, to park once the transaction has committed.
+    oversized: list[Claimed] = field(default_factory=list)
 
 
 def content_hash(text: str) -> bytes:
@@ -317,14 +321,17 @@ class Worker:
             await self._pause(job, result.failure)
             return 0
         if len(result.claimed) > 1:
+            # Bisect: each half is a batch of its own; the healthy half commits, a failing half is
+            # split again, so k bad rows among n cost about k log2(n) retried batches, not n.
             log.warning(
-                "event=batch_failed job=%s rows=%d error=%r retrying=one_by_one",
+                "event=batch_failed job=%s rows=%d error=%r retrying=in_halves",
                 job.job_name,
                 len(result.claimed),
-                type(result.failure).__name__,
+                _first_line(result.failure),
             )
-            for item in result.claimed:
-                await self.process_batch(job, lane, only_ids=item.ids)
+            half = len(result.claimed) // 2
+            for part in (result.claimed[:half], result.claimed[half:]):
+                await self.process_batch(job, lane, limit or self.settings.batch_size, [i for c in part for i in c.ids])
                 if job.paused_for:
                     break  # the embedder went down meanwhile: the rest wait for it, uncharged
             return len(result.claimed)
@@ -351,12 +358,21 @@ class Worker:
                 result.failure = exc
                 raise psycopg.Rollback() from None  # the claims go back to the queue, uncharged
             inferred = time.perf_counter()
-            for number in batch.generations:
-                await tx.write(job.id, number, batch.lines[number], batch.gone)
+            try:
+                for number in batch.generations:
+                    await tx.write(job.id, number, batch.lines[number], batch.gone)
+            except psycopg.Error as exc:
+                if self.policy.blame(exc) is not Blame.ROW:
+                    raise
+                result.failure = exc  # a row's value rejected at write time: found by splitting the batch
+                raise psycopg.Rollback() from None
+            result.oversized = [c for c in result.claimed if c.pk in batch.oversized]
             result.claimed = [c for c in result.claimed if c.pk in batch.done]
             lags = await tx.finish([i for c in result.claimed for i in c.ids])
         if result.failure is not None:
             return result
+        for item in result.oversized:
+            await self._park_oversized(job, item, batch.oversized[item.pk])
         for item_lane, lag in lags:
             if item_lane == Lane.LIVE.value:
                 metrics.SYNC_LAG.labels(job.job_name).observe(lag)
@@ -392,6 +408,9 @@ class Worker:
         size = 0
         for pk in reads[0]:
             length = max(len(read[pk].content) for read in reads if pk in read)
+            if length > self.settings.max_row_chars:
+                batch.oversized[pk] = length  # parked before any tokenising or inference
+                continue
             if kept and size + length > budget * BUDGET_SLACK * CHARS_PER_CHUNK:
                 break
             kept.append(pk)
@@ -496,6 +515,17 @@ class Worker:
         job.paused_for = seconds
         metrics.EMBEDDER_PAUSES.labels(job.job_name).inc()
         log.warning("event=embedder_unavailable job=%s model=%s wait_s=%.1f error=%r", job.job_name, job.model, seconds, str(exc))
+
+    async def _park_oversized(self, job: JobWork, item: Claimed, length: int) -> None:
+        """Park a row over the text budget at once: every retry would be refused the same way."""
+        error = (
+            f"row text is {length:,} characters, over the limit of {self.settings.max_row_chars:,}"
+            " (VECTORIZE_MAX_ROW_CHARS): raise it, or embed fewer or shorter columns; the row is retried"
+            " when it changes"
+        )
+        metrics.ROW_FAILURES.labels(job.job_name).inc()
+        await self.manager.charge_failed_try(job.id, item, error, lambda _attempts: None)
+        log.warning("event=row_parked job=%s reason=too_large characters=%d", job.job_name, length)
 
     async def _charge(self, job: JobWork, item: Claimed, exc: Exception) -> None:
         """Count a failed try of one row; park it in vectorize.failure once it has used them all."""

@@ -307,7 +307,12 @@ begin
     -- INSERT into the queue (the live lane) and one NOTIFY, never a round trip per row.
     execute format($f$
         create or replace function vectorize.%1$I() returns trigger
-        language plpgsql security definer set search_path = pg_catalog, pg_temp as $body$
+        language plpgsql security definer set search_path = pg_catalog, pg_temp
+            -- Keys are queued as text in one canonical form, whatever the writer's session says:
+            -- a timestamptz, date, float or bytea key renders differently under another TimeZone,
+            -- DateStyle, extra_float_digits or bytea_output, and would then match no row when the
+            -- worker (pinned to the same settings in 03_worker.sql) reads it back.
+            set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $body$
         declare
             queued bigint := 0;
         begin

@@ -1,6 +1,11 @@
 -- What the worker runs against a job's tables. Each function builds its
 -- statement from the job row with format('%I'), so the worker never glues
 -- identifiers together in Python.
+--
+-- Every function here that turns a key into text or text into a key pins the settings that
+-- decide the text form (TimeZone, DateStyle, IntervalStyle, bytea_output, extra_float_digits)
+-- to the values the capture triggers use (02_jobs.sql): a key queued by a writer in Asia/Kolkata
+-- with DateStyle 'SQL, DMY' is the same text the worker reads back, whatever either session says.
 
 -- One page of the keyset scan that backfills a job and reconciles it after
 -- downtime: queue the next rows (by primary key) whose embedding is missing or
@@ -10,7 +15,8 @@
 -- job row is locked with SKIP LOCKED): another gets -2 and tries again later; -1
 -- means the job has no scan to run.
 create or replace function vectorize.scan_step(p_job_id uuid, p_page int)
-returns int language plpgsql as $$
+returns int language plpgsql
+set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
 declare
     j        vectorize.job;
     v_spare  vectorize.job;
@@ -90,7 +96,8 @@ end $$;
 -- their stored chunks in chunk order. Rows that no longer exist are absent.
 create or replace function vectorize.read_rows(p_job_id uuid, p_generation int, p_pks text[])
 returns table (pk text, content text, source_updated_at timestamptz, stored_hashes bytea[])
-language plpgsql stable as $$
+language plpgsql stable
+set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
 declare
     j vectorize.job := vectorize._generation_job(p_job_id, p_generation);
 begin
@@ -116,7 +123,8 @@ end $$;
 --  * p_gone: keys whose source row was missing when read: drop their chunks.
 -- Successfully written keys also leave the failures table.
 create or replace function vectorize.apply_batch(p_job_id uuid, p_generation int, p_gone text[])
-returns int language plpgsql as $$
+returns int language plpgsql
+set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
 declare
     j     vectorize.job := vectorize._generation_job(p_job_id, p_generation);
     v_emb text := vectorize._embeddings_table(j.job_name, j.generation);

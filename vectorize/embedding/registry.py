@@ -23,16 +23,32 @@ from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
 from .export import GRAPH_VERSION, export_checkpoint, read_checkpoint_info
 from .smoothing import OUTLIER_SUFFIX
 
+#: How int8 GEMM weights are stored, and why each exists. onnxruntime multiplies uint8
+#: activations by int8 weights; with VNNI (``vpdpbusd``) it sums the products in 32 bits, exactly.
+#: Without VNNI (AVX2, AVX-512 before Cascade Lake) it adds pairs of products in 16 bits with
+#: saturation (``vpmaddubsw``): 255 x 127 x 2 overflows, so weights using the full int8 range lose
+#: whole products there -- the same graph measured mean cosine 0.98385 on an AVX2 EPYC against
+#: 0.99911 on a VNNI Xeon. Seven-bit weights (``s7``, onnxruntime's ``reduce_range``) cannot
+#: overflow (255 x 64 x 2 < 2^15) and run the same fast kernel; uint8 weights (``u8``) take
+#: onnxruntime's U8U8 kernels, which widen to 16 bits first (exact everywhere, slower where
+#: measured). Tuning measures each and keeps the fastest inside the quality gate.
+WEIGHT_FORMATS = {"s8": "int8 weights", "s7": "7-bit weights", "u8": "uint8 weights"}
+
 
 @dataclass(frozen=True)
 class Int8Variant:
     """One way to build a model's int8 graph: which GEMMs stay fp32 (node-name prefixes), the
-    SmoothQuant strength applied first (None: not smoothed), and how many outlier channels of each
-    second feed-forward GEMM are multiplied in fp32 (smoothing.py)."""
+    SmoothQuant strength applied first (None: not smoothed), how many outlier channels of each
+    second feed-forward GEMM are multiplied in fp32 (smoothing.py), and the weights' format."""
 
     keep_fp32: tuple[str, ...]
     smooth_alpha: float | None = None
     outlier_channels: int = 0
+    weights: str = "s8"
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"int8 weight format {self.weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
 
     def describe(self) -> str:
         text = f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}"
@@ -40,6 +56,8 @@ class Int8Variant:
             text += f", smoothed (alpha {self.smooth_alpha:g})"
         if self.outlier_channels:
             text += f", {self.outlier_channels} outlier channels in fp32"
+        if self.weights != "s8":
+            text += f", {WEIGHT_FORMATS[self.weights]}"
         return text
 
 
@@ -85,6 +103,7 @@ class ModelManifest:
                     keep_fp32=tuple(variant.get("keep_fp32", ())),
                     smooth_alpha=float(variant["alpha"]),
                     outlier_channels=int(variant.get("outlier_channels", 0)),
+                    weights=str(variant.get("weights", "s8")),
                 )
                 for variant in data.get("tune_smoothing", ())
             ),
@@ -204,12 +223,13 @@ def _export(manifest: ModelManifest, onnx_path: Path, tokenizer_path: Path) -> N
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_path)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -> None:
+def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...], weights: str = "s8") -> None:
     """Dynamic int8 with per-channel weight scales, including the packed QKV projection inside
     each fused Attention (QAttention: +15-20% texts/s over quantising the MatMuls alone). Kept in
     fp32: attention-score MatMuls (no weights) and the nodes whose names start with one of
     ``keep_fp32`` -- the layers measured most sensitive (bench/ and the manifest say which) --
-    and the outlier channels a smoothed graph multiplies apart (smoothing.py)."""
+    and the outlier channels a smoothed graph multiplies apart (smoothing.py). ``weights`` is one
+    of ``WEIGHT_FORMATS``."""
     import onnx
 
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
@@ -225,20 +245,21 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...]) -
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the quantizer logs every tensor to the root logger
     try:
-        _quantize(fp32_path, tmp, exclude)
+        _quantize(fp32_path, tmp, exclude, weights)
     finally:
         logging.disable(previous)
     tmp.replace(out_path)
 
 
-def _quantize(fp32_path: Path, tmp: Path, exclude: list[str]) -> None:
+def _quantize(fp32_path: Path, tmp: Path, exclude: list[str], weights: str) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         str(fp32_path),
         str(tmp),
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8,
+        reduce_range=weights == "s7",
         per_channel=True,
         op_types_to_quantize=["MatMul", "Attention"],
         nodes_to_exclude=exclude,

@@ -81,13 +81,15 @@ class EngineSettings:
     smooth_alpha: float | None = None
     #: int8 only: outlier channels of each second feed-forward GEMM multiplied in fp32.
     outlier_channels: int = 0
+    #: int8 only: how the GEMM weights are stored (registry.WEIGHT_FORMATS).
+    weights: str = "s8"
 
     @property
     def variant(self) -> Int8Variant | None:
         """The int8 graph these settings run; None: the manifest's own export."""
         if self.keep_fp32 is None:
             return None
-        return Int8Variant(self.keep_fp32, self.smooth_alpha, self.outlier_channels)
+        return Int8Variant(self.keep_fp32, self.smooth_alpha, self.outlier_channels, self.weights)
 
     def describe(self) -> str:
         layout = f"{self.sessions} session{'s' if self.sessions > 1 else ''} x {self.threads_per_session} thread"
@@ -214,6 +216,7 @@ class TuningStore:
                     keep_fp32=None if keep is None else tuple(keep),
                     smooth_alpha=None if alpha is None else float(alpha),
                     outlier_channels=int(outliers),
+                    weights=str(settings.get("weights", "s8")),
                 ),
                 figures=data.get("figures", {}),
                 tuned_at=data.get("tuned_at", ""),
@@ -313,6 +316,8 @@ def _graph_name(variant: Int8Variant) -> str:
         recipe += f"\nsmooth:{variant.smooth_alpha:g}"
     if variant.outlier_channels:
         recipe += f"\noutliers:{variant.outlier_channels}"
+    if variant.weights != "s8":
+        recipe += f"\nweights:{variant.weights}"
     return "model-" + hashlib.sha256(recipe.encode()).hexdigest()[:12] + ".onnx"
 
 
@@ -439,6 +444,8 @@ class Tuner:
         reference, short_reference = fp32.embed(texts), fp32.embed(shorts)
         ranges = None
         built: list[Path] = []
+        # One smoothed fp32 graph per (alpha, outlier channels), quantised in each weight format.
+        smoothed: dict[tuple[float, int], Path] = {}
         graphs: dict[Int8Variant, tuple[Encoder, Path]] = {}
         quality: dict[Int8Variant, dict[str, float]] = {}
         for variant in int8_variants(manifest):
@@ -448,13 +455,14 @@ class Tuner:
                 path = model_folder / _graph_name(variant)
                 source = fp32_path
                 if variant.smooth_alpha is not None:
-                    if ranges is None:
-                        ranges = activation_ranges(fp32_path, tokenizer_path, manifest.max_tokens, load_calibration_texts())
-                    source = model_folder / "model-smoothed.onnx"
-                    smooth_graph(fp32_path, source, ranges, variant.smooth_alpha, variant.outlier_channels)
-                quantize_int8(source, path, variant.keep_fp32)
-                if source != fp32_path:
-                    source.unlink()
+                    recipe = (variant.smooth_alpha, variant.outlier_channels)
+                    if recipe not in smoothed:
+                        if ranges is None:
+                            ranges = activation_ranges(fp32_path, tokenizer_path, manifest.max_tokens, load_calibration_texts())
+                        smoothed[recipe] = model_folder / f"model-smoothed-{len(smoothed)}.onnx"
+                        smooth_graph(fp32_path, smoothed[recipe], ranges, *recipe)
+                    source = smoothed[recipe]
+                quantize_int8(source, path, variant.keep_fp32, variant.weights)
                 built.append(path)
             encoder = self._encoder(path, *args)
             graphs[variant] = encoder, path
@@ -476,6 +484,8 @@ class Tuner:
                 "passes_gate": float(passed),
             }
         fp32_path.unlink()
+        for source in smoothed.values():
+            source.unlink()
         speeds = self._fastest_of_rounds(
             {variant: (encoder, layout.token_budget) for variant, (encoder, _) in graphs.items()}, timing
         )
@@ -490,6 +500,10 @@ class Tuner:
         if best is None or chosen is None or chosen == onnx_path:
             return layout, None  # the manifest's own export
         settings = replace(
-            layout, keep_fp32=best.keep_fp32, smooth_alpha=best.smooth_alpha, outlier_channels=best.outlier_channels
+            layout,
+            keep_fp32=best.keep_fp32,
+            smooth_alpha=best.smooth_alpha,
+            outlier_channels=best.outlier_channels,
+            weights=best.weights,
         )
         return settings, str(chosen.relative_to(folder))
