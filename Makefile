@@ -44,9 +44,9 @@ lint: $(STAMP)
 
 # sentence-transformers and PyTorch live only in .venv-bench, for the comparison.
 BENCH_STAMP := .venv-bench/.installed-stamp
-$(BENCH_STAMP):
+$(BENCH_STAMP): bench/requirements.txt
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install -q torch==2.13.0 "sentence-transformers[onnx]==5.7.0"
+	.venv-bench/bin/python -m pip install -q -r bench/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: models $(BENCH_STAMP)

@@ -63,8 +63,17 @@ def st_quant_config() -> str:
     return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
 
 
-def st_backends() -> list[str]:
-    return [ST_TORCH, *ST_ONNX_FP32, f"onnx:model_qint8_{st_quant_config()}"]
+def st_int8_backend(workdir: Path) -> str:
+    """The int8 export ``prepare`` built: optimum names it by its weight type, ``model_qint8_avx512_vnni``
+    on AVX-512 but ``model_quint8_avx2`` on AVX2 (uint8 weights there)."""
+    found = sorted((workdir / "model" / "onnx").glob(f"model_q*int8_{st_quant_config()}.onnx"))
+    if not found:
+        raise RuntimeError(f"sentence-transformers built no int8 export for {st_quant_config()} in {workdir}")
+    return f"onnx:{found[0].stem}"
+
+
+def st_backends(workdir: Path) -> list[str]:
+    return [ST_TORCH, *ST_ONNX_FP32, st_int8_backend(workdir)]
 
 
 def st_prepare(workdir: Path) -> None:
@@ -83,7 +92,7 @@ def st_round(texts: list[str], threads: int, workdir: Path) -> dict[str, tuple[f
     """One round of every sentence-transformers backend: {backend: (texts/s, vectors)}."""
     texts_file = workdir / "texts.json"
     texts_file.write_text(json.dumps(texts))
-    backends = st_backends()
+    backends = st_backends(workdir)
     script = str(ROOT / "bench" / "st_reference.py")
     result = subprocess.run(
         [str(BENCH_PYTHON), script, "run", str(workdir), str(texts_file), str(workdir), str(threads), *backends],
@@ -277,7 +286,7 @@ def print_comparison_with_st(row, st_tps: dict[str, list[float]], theirs: dict[s
     to the reference, quality against PyTorch (cosine and top-10 neighbours on the same texts)."""
     torch_tps, reference = st_tps[ST_TORCH], theirs[ST_TORCH]
     best_onnx = max(ST_ONNX_FP32, key=lambda b: statistics.median(st_tps[b]))
-    st_int8 = next(b for b in st_tps if "qint8" in b)
+    st_int8 = next(b for b in st_tps if "int8" in b)
 
     def quality(vectors: np.ndarray) -> str:
         cos = cosine_rows(vectors, reference)

@@ -98,16 +98,20 @@ with claimed as (
        -- block each other, and a crash releases the locks with the transaction
        for update skip locked
 )
--- One entry per source row: its newest queue id is the version we write,
--- and every claimed id is deleted in the same transaction as the write.
-select pk, max(id) as version, array_agg(id) as ids
+-- One entry per source row, and every claimed id is deleted in the same transaction as
+-- the write. The version written is drawn now, from the queue's own sequence, not taken
+-- from the items: the rows are read after this, so a higher version always read text at least
+-- as new. (An item's id orders by when it was queued, not committed: a pass queued after an
+-- open UPDATE, and done before it committed, outranked the UPDATE's own item, which was then
+-- skipped as older -- the update lost.) Stored versions from item ids stay comparable.
+select pk, nextval(pg_catalog.pg_get_serial_sequence('vectorize.queue', 'id')) as version, array_agg(id) as ids
   from claimed
  group by pk
  order by min(id);
 
 -- name: claim_ids
 -- Re-claim specific items (one row's) to retry them alone after a failed batch.
-select pk, max(id) as version, array_agg(id) as ids
+select pk, nextval(pg_catalog.pg_get_serial_sequence('vectorize.queue', 'id')) as version, array_agg(id) as ids
   from (select q.id, q.pk from vectorize.queue q
          where q.id = any(%(ids)s)
            for update skip locked) claimed
