@@ -296,3 +296,7 @@ select pg_try_advisory_lock(hashtext(%(key)s));
 
 -- name: release_index_lock
 select pg_advisory_unlock(hashtext(%(key)s));
+
+-- name: set_statement_timeout
+-- For the whole session of a pooled API connection: no request's statement runs for long.
+select pg_catalog.set_config('statement_timeout', %(timeout)s, false);

@@ -75,6 +75,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(404, f"no route {request.method} {request.path}; see the README for the API")
     except web.HTTPException as exc:
         return _error(exc.status, exc.reason)
+    except psycopg.errors.QueryCanceled:
+        log.warning("event=statement_timeout path=%s", request.path)
+        return _error(503, "the query ran longer than the API allows (VECTORIZE_STATEMENT_TIMEOUT); retry, or narrow it")
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
         log.warning("event=database_unavailable path=%s error=%s", request.path, type(exc).__name__)
         return _error(503, "the database is unavailable; retry shortly")

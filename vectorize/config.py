@@ -72,6 +72,7 @@ class Settings:
         "largest row text embedded (characters of its embedded columns); a longer row is parked at once, before inference",
     )
     max_body_bytes: int = _setting(1 << 20, "largest accepted request body")
+    statement_timeout: float = _setting(30.0, "seconds any one statement of an API request may run (0: no limit)")
     openai_models: str = _setting("", 'comma-separated models of an OpenAI-compatible API, used as "openai/<model>"')
     openai_base_url: str = _setting(DEFAULT_BASE_URL, "that API's base URL (OpenAI, Ollama, vLLM, TEI, ...)")
     openai_api_key: str | None = _setting(None, "that API's key", env="OPENAI_API_KEY")

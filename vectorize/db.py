@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from pgvector.psycopg import register_vector_async
@@ -101,26 +102,38 @@ def publish_models(conn: psycopg.Connection, models: list[ModelInfo]) -> None:
             )
 
 
-async def _configure(conn: psycopg.AsyncConnection) -> None:
-    await register_vector_async(conn)
-    # Keep the pool's idle connections out of a transaction.
-    await conn.set_autocommit(True)
+def _configurer(statement_timeout: float | None) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:
+    async def configure(conn: psycopg.AsyncConnection) -> None:
+        await register_vector_async(conn)
+        # Keep the pool's idle connections out of a transaction.
+        await conn.set_autocommit(True)
+        if statement_timeout:
+            await conn.execute(query("set_statement_timeout"), {"timeout": f"{int(statement_timeout * 1000)}ms"})
+
+    return configure
 
 
 def make_pool(
-    database_url: str, *, min_size: int = 1, max_size: int = 4, name: str = "vectorize", timeout: float = 5.0
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    name: str = "vectorize",
+    timeout: float = 5.0,
+    statement_timeout: float | None = None,
 ) -> AsyncConnectionPool:
     """A pool that reconnects by itself after a server restart (checked before each use).
 
     ``timeout`` bounds the wait for a connection, so a request during a database outage
-    fails fast (the API answers 503) instead of hanging."""
+    fails fast (the API answers 503) instead of hanging; ``statement_timeout`` (seconds) bounds
+    every statement on its connections, so no request holds one for long."""
     return AsyncConnectionPool(
         database_url,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         kwargs={"row_factory": dict_row},
-        configure=_configure,
+        configure=_configurer(statement_timeout),
         check=AsyncConnectionPool.check_connection,
         open=False,
         name=name,

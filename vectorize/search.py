@@ -19,8 +19,9 @@ from .query_embedding import QueryEmbedder
 MAX_LIMIT = 1000
 #: Longest read-your-writes wait a request may ask for.
 MAX_WAIT_FOR_SYNC = 60.0
-#: How often a read-your-writes wait looks at the queue.
-SYNC_POLL_SECONDS = 0.01
+#: How often a read-your-writes wait looks at the queue: soon at first (most waits are short),
+#: then less often, so that many waiting clients cost the database little.
+SYNC_POLL_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.2
 
 
 #: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
@@ -85,14 +86,19 @@ async def wait_until_synced(pool: AsyncConnectionPool, job_name: str, timeout: f
     deadline = time.monotonic() + timeout
     async with pool.connection() as conn:
         row = await (await conn.execute(query("sync_position"), {"job_name": job_name})).fetchone()
-        position = row["position"] if row else 0
-        while True:
+    position = row["position"] if row else 0
+    pause = SYNC_POLL_SECONDS
+    while True:
+        # A connection per look, none held while waiting: twenty waiting clients must not
+        # take the pool from other searches and the health checks.
+        async with pool.connection() as conn:
             done = await (await conn.execute(query("synced_to"), {"job_name": job_name, "position": position})).fetchone()
-            if done and done["synced"]:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(SYNC_POLL_SECONDS)
+        if done and done["synced"]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 1.5, SYNC_POLL_MAX_SECONDS)
 
 
 def parse_return_columns(raw: object) -> list[str] | None:
@@ -174,10 +180,13 @@ async def _search_once(
 ) -> Answer:
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
-        if row is None:
-            raise UserError(404, f"job {job_name!r} does not exist")
-        # A search that ranks by text alone needs no vector.
-        vector = await queries.embed(row["model"], text) if options["semantic_wt"] > 0 else None
+    if row is None:
+        raise UserError(404, f"job {job_name!r} does not exist")
+    # A search that ranks by text alone needs no vector. The query is embedded holding no
+    # connection: a slow remote embedder must not hold the pool. The generation read above is
+    # the one ranked, even if a switch commits meanwhile (the replaced one is kept a while).
+    vector = await queries.embed(row["model"], text) if options["semantic_wt"] > 0 else None
+    async with pool.connection() as conn:
         cur = await conn.execute(
             query("search"),
             {

@@ -146,7 +146,9 @@ async def serve(
         tasks.append(asyncio.create_task(publish_when_reachable(settings, catalog, list(unavailable_models), stop)))
     workers: list[Worker] = []
     runner: web.AppRunner | None = None
-    pool = make_pool(settings.database_url, min_size=1, max_size=8, name="api") if api else None
+    pool = make_pool(
+        settings.database_url, min_size=1, max_size=8, name="api", statement_timeout=settings.statement_timeout
+    ) if api else None
     try:
         if pool is not None:
             await pool.open()
