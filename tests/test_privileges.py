@@ -83,3 +83,67 @@ def test_role_without_access_cannot_create_a_job(least_privilege_db: str, catalo
     with psycopg.connect(least_privilege_db) as owner:
         assert owner.execute("select count(*) from vectorize.job").fetchone()[0] == 0
         assert owner.execute("select count(*) from pg_trigger where tgname like 'vectorize_%'").fetchone()[0] == 0
+
+
+@pytest.fixture
+def app_role(db_url: str, products, conn) -> str:
+    """A URL for ``vz_app``: USAGE on schema vectorize, SELECT and UPDATE on vectorize.job (the
+    README's redefinition grant), its own temp tables -- and a job of another role to attack."""
+    from .helpers import create_job
+
+    create_job(conn)
+    conn.execute("drop role if exists vz_app")
+    conn.execute("create role vz_app login")
+    conn.execute("grant usage on schema vectorize to vz_app")
+    conn.execute("grant select, update on vectorize.job to vz_app")
+    conn.execute("grant select on public.my_products to vz_app")
+    yield psycopg.conninfo.make_conninfo(db_url, user="vz_app")
+    conn.execute("drop owned by vz_app")
+    conn.execute("drop role vz_app")
+
+
+def test_a_capture_function_cannot_be_fired_from_another_table(app_role: str, conn) -> None:
+    """The per-job capture function runs with the daemon's rights: a role with USAGE on the schema
+    once wiped a job's embeddings with a TRUNCATE trigger on a temp table of its own."""
+    conn.execute("insert into vectorize.queue (job_id, pk) select id, '1' from vectorize.job")
+    with psycopg.connect(app_role, autocommit=True) as app:
+        app.execute("create temp table t (product_id int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("create trigger w after truncate on t for each statement execute function vectorize._capture_my_job()")
+    # Even a role that may execute it (granted by mistake) cannot fire it on another table.
+    conn.execute("grant execute on function vectorize._capture_my_job() to vz_app")
+    with psycopg.connect(app_role, autocommit=True) as app:
+        app.execute("create temp table t (product_id int)")
+        app.execute("create trigger w after truncate on t for each statement execute function vectorize._capture_my_job()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may only fire on the source table"):
+            app.execute("truncate t")
+    assert conn.execute("select count(*) as n from vectorize.queue").fetchone()["n"] == 1
+    assert conn.execute("select status from vectorize.job").fetchone()["status"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("pk_type", "integer /* injected */"),
+        ("src_relid", "1259"),
+        ("dimension", "3"),
+        ("status", "failed"),
+        ("scan_cursor", "0"),
+        ("generation", "7"),
+        ("objects_version", "x"),
+    ],
+)
+def test_a_role_that_may_redefine_jobs_cannot_set_what_vectorize_derives(app_role: str, conn, column: str, value: str) -> None:
+    before = conn.execute("select * from vectorize.job").fetchone()
+    with psycopg.connect(app_role, autocommit=True) as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"{column} of vectorize.job is kept by vectorize"):
+            app.execute(sql.SQL("update vectorize.job set {} = %s").format(sql.Identifier(column)), (value,))
+        # Nor by setting the switch marker, which once skipped every check.
+        app.execute("set vectorize.switching = 'on'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(sql.SQL("update vectorize.job set {} = %s").format(sql.Identifier(column)), (value,))
+    after = conn.execute("select * from vectorize.job").fetchone()
+    assert {k: after[k] for k in (column, "pk_type", "src_relid", "status")} == {
+        k: before[k] for k in (column, "pk_type", "src_relid", "status")
+    }
+    assert conn.execute("select count(*) as n from vectorize.generation").fetchone()["n"] == 0

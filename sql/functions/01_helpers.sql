@@ -145,3 +145,21 @@ begin
     end if;
     return j;
 end $$;
+
+-- Is the current role vectorize's own: the owner of its tables, or a member of that role (the
+-- daemon, or the DBA who set it up)? Only such a role may set the columns of vectorize.job that
+-- vectorize derives or keeps (pk_type is spliced into the SQL the daemon runs), or skip the
+-- redefinition check during a switch; application roles granted UPDATE may only redefine.
+create or replace function vectorize._is_daemon() returns boolean
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')
+      from pg_catalog.pg_class c where c.oid = 'vectorize.job'::pg_catalog.regclass
+$$;
+
+-- The columns of vectorize.job that vectorize fills in or keeps itself.
+create or replace function vectorize._derived_job_columns() returns text[]
+language sql immutable as $$
+    select array['id', 'src_relid', 'pk_type', 'dimension', 'status', 'status_message', 'scan_active', 'scan_cursor',
+                 'backfilled_at', 'created_at', 'paused_until', 'pause_reason', 'pause_count', 'objects_version',
+                 'generation']
+$$;

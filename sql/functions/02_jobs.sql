@@ -211,9 +211,22 @@ language plpgsql as $$
 declare
     v_spare  vectorize.generation;
     v_wanted vectorize.job;
+    v_set    text;
 begin
-    if current_setting('vectorize.switching', true) = 'on' then
-        return new;  -- a switch or rollback moves a generation into the job row
+    if not vectorize._is_daemon() then
+        -- Another role may redefine a job, never set what vectorize derives: a pk_type of
+        -- 'integer /* anything */' would run in every statement the daemon builds from it.
+        select string_agg(n.key, ', ' order by n.key) into v_set
+          from jsonb_each(to_jsonb(new)) n join jsonb_each(to_jsonb(old)) o using (key)
+         where n.value is distinct from o.value and n.key = any(vectorize._derived_job_columns());
+        if v_set is not null then
+            perform vectorize._fail('42501',
+                format('permission denied: %s of vectorize.job %s kept by vectorize itself; a job is redefined through '
+                       'model, src_columns, update_time_col, chunking, chunk_tokens, chunk_overlap and the search settings',
+                       v_set, case when v_set like '%,%' then 'are' else 'is' end));
+        end if;
+    elsif current_setting('vectorize.switching', true) = 'on' then
+        return new;  -- a switch or rollback (by vectorize's own role) moves a generation into the job row
     end if;
     if (old.job_name, old.src_schema, old.src_table, old.primary_key)
        is distinct from (new.job_name, new.src_schema, new.src_table, new.primary_key) then
@@ -316,6 +329,13 @@ begin
         declare
             queued bigint := 0;
         begin
+            -- Only on the job's own source (or one of its partitions): nobody else may fire this
+            -- function on a table of theirs (EXECUTE is revoked from PUBLIC below, too).
+            if tg_relid <> %7$s::oid and not exists (
+                    select 1 from pg_catalog.pg_partition_ancestors(tg_relid) a where a.relid = %7$s::oid) then
+                raise exception 'vectorize: trigger %% may only fire on the source table of its job', tg_name
+                    using errcode = 'insufficient_privilege';
+            end if;
             -- A failed job stops collecting work (one primary-key lookup per statement).
             if not exists (select 1 from vectorize.job where id = %2$L::uuid and status = 'active') then
                 return null;
@@ -353,7 +373,9 @@ begin
                 format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm));
             return null;
         end $body$ $f$,
-        v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate);
+        v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate, j.src_relid);
+    -- Triggers fire it without EXECUTE; a role creating a trigger of its own needs EXECUTE.
+    execute format('revoke all on function vectorize.%I() from public', v_capture);
 
     -- One trigger per event, each with the transition tables it needs. Triggers already in
     -- place are left alone: dropping one locks the user's table against every reader and
