@@ -300,3 +300,7 @@ select pg_advisory_unlock(hashtext(%(key)s));
 -- name: set_statement_timeout
 -- For the whole session of a pooled API connection: no request's statement runs for long.
 select pg_catalog.set_config('statement_timeout', %(timeout)s, false);
+
+-- name: sync_partitions
+-- Capture triggers on partitions attached since, none left on partitions detached (02_jobs.sql).
+select job_name from vectorize.sync_partitions() as job_name;

@@ -115,8 +115,7 @@ def test_a_capture_function_cannot_be_fired_from_another_table(app_role: str, co
     with psycopg.connect(app_role, autocommit=True) as app:
         app.execute("create temp table t (product_id int)")
         app.execute("create trigger w after truncate on t for each statement execute function vectorize._capture_my_job()")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may only fire on the source table"):
-            app.execute("truncate t")
+        app.execute("truncate t")  # fires it, on a table that is not the job's source: nothing happens
     assert conn.execute("select count(*) as n from vectorize.queue").fetchone()["n"] == 1
     assert conn.execute("select status from vectorize.job").fetchone()["status"] == "active"
 

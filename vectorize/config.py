@@ -58,6 +58,11 @@ class Settings:
     # of the engine's rate). Live changes never wait behind these: they are a lane of their own.
     backfill_batch_size: int = _setting(512, "rows (chunks, for long rows) per backfill batch")
     poll_interval: float = _setting(5.0, "seconds between fallback polls when no notification arrives")
+    reconcile_interval: float = _setting(
+        3600.0,
+        "seconds between reconciliation passes over every job, which find changes no trigger saw"
+        " (a restore, replication without ENABLE ALWAYS TRIGGER), deletes included; 0: only at start-up",
+    )
     generation_keep_seconds: float = _setting(
         3600.0, "after a redefinition switches, how long the previous generation is kept (fresh) for an instant rollback"
     )

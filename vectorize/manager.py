@@ -167,6 +167,10 @@ class JobManager:
     async def restart_scans(self) -> None:
         await self._execute("restart_scans")
 
+    async def sync_partitions(self) -> list[str]:
+        """Capture partitions attached or detached since the triggers were installed; returns the jobs touched."""
+        return [row["job_name"] for row in await self._execute("sync_partitions")]
+
     async def fail_orphaned_jobs(self) -> list[str]:
         """Fail the jobs whose source table was dropped; returns their names."""
         return [row["job_name"] for row in await self._execute("fail_orphaned_jobs")]

@@ -167,13 +167,22 @@ class Worker:
                 return
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """A reconciliation pass for every job at start-up; then, every poll interval, fail the
-        jobs whose source table was dropped (that takes their triggers, so nothing would say)."""
+        """A reconciliation pass for every job at start-up and every ``reconcile_interval``; every
+        poll interval, fail the jobs whose source table was dropped (that takes their triggers, so
+        nothing would say), switch finished builds and drop expired generations."""
         await self.manager.restart_scans()
         self._wake_all()
+        reconciled = time.monotonic()
         while not stop.is_set():
+            if self.settings.reconcile_interval and time.monotonic() - reconciled >= self.settings.reconcile_interval:
+                await self.manager.restart_scans()
+                reconciled = time.monotonic()
+                self._wake_all()
             for name in await self.manager.fail_orphaned_jobs():
                 log.error("event=job_failed job=%s reason=source_table_dropped", name)
+            for name in await self.manager.sync_partitions():
+                log.info("event=partitions_changed job=%s action=capture_updated_and_reconciling", name)
+                self._wake_all()
             await self._complete_builds()
             for name, generation in await self.manager.drop_expired_generations():
                 log.info("event=generation_dropped job=%s generation=%d reason=grace_period_over", name, generation)

@@ -283,6 +283,7 @@ declare
     v_truncate text;
     v_tables  text[];
     v_trigger record;
+    v_table   oid;
 begin
     -- One row per chunk (vectorize_chunk = 0 is every row's first). Only the key and the
     -- embedded columns: a view depends on every column it names, and naming all of them
@@ -329,12 +330,12 @@ begin
         declare
             queued bigint := 0;
         begin
-            -- Only on the job's own source (or one of its partitions): nobody else may fire this
-            -- function on a table of theirs (EXECUTE is revoked from PUBLIC below, too).
+            -- Only on the job's own source or one of its partitions: on any other table (a partition
+            -- since detached, or a table of someone granted EXECUTE by mistake) it does nothing.
+            -- EXECUTE is revoked from PUBLIC below, so nobody else can create such a trigger.
             if tg_relid <> %7$s::oid and not exists (
                     select 1 from pg_catalog.pg_partition_ancestors(tg_relid) a where a.relid = %7$s::oid) then
-                raise exception 'vectorize: trigger %% may only fire on the source table of its job', tg_name
-                    using errcode = 'insufficient_privilege';
+                return null;
             end if;
             -- A failed job stops collecting work (one primary-key lookup per statement).
             if not exists (select 1 from vectorize.job where id = %2$L::uuid and status = 'active') then
@@ -358,9 +359,14 @@ begin
                 -- racing on the same row re-checks it and cannot leave a stale vector.
                 %5$s
                 insert into vectorize.queue (job_id, pk) select %2$L::uuid, o.%3$I::text from old_rows o;
-            else
+            elsif tg_relid = %7$s::oid then
                 %6$s
                 delete from vectorize.queue where job_id = %2$L::uuid;
+            else
+                -- TRUNCATE of one partition: which rows went is unknown here, so a reconciliation
+                -- pass drops their embeddings (and re-reads the rest).
+                update vectorize.job set scan_active = true, scan_cursor = null where id = %2$L::uuid and not scan_active;
+                perform pg_notify('vectorize', %2$L);
             end if;
             if queued > 0 then
                 perform pg_notify('vectorize', %2$L);
@@ -377,24 +383,71 @@ begin
     -- Triggers fire it without EXECUTE; a role creating a trigger of its own needs EXECUTE.
     execute format('revoke all on function vectorize.%I() from public', v_capture);
 
-    -- One trigger per event, each with the transition tables it needs. Triggers already in
-    -- place are left alone: dropping one locks the user's table against every reader and
-    -- writer, and a redefinition or switch only needs the function above replaced.
-    for v_trigger in select * from (values
-        ('_ins', 'after insert on %s referencing new table as new_rows'),
-        ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
-        ('_del', 'after delete on %s referencing old table as old_rows'),
-        ('_trunc', 'after truncate on %s')) as v(suffix, event)
-    loop
-        continue when exists (
-            select 1 from pg_catalog.pg_trigger t
-             where t.tgrelid = j.src_relid and t.tgname = 'vectorize_' || j.job_name || v_trigger.suffix
-               and t.tgfoid = format('vectorize.%I()', v_capture)::regprocedure);
-        execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || v_trigger.suffix, v_source);
-        execute format('create trigger %I ' || format(v_trigger.event, v_source) || ' for each statement execute function vectorize.%I()',
-                       'vectorize_' || j.job_name || v_trigger.suffix, v_capture);
+    -- One trigger per event, each with the transition tables it needs, on the source and on each
+    -- of its partitions (a statement aimed at a partition fires only that partition's statement
+    -- triggers; one aimed at the parent only the parent's). Triggers already in place are left
+    -- alone: dropping one locks the user's table against every reader and writer, and a
+    -- redefinition or switch only needs the function above replaced.
+    for v_table in select vectorize._capture_tables(j) loop
+        for v_trigger in select * from (values
+            ('_ins', 'after insert on %s referencing new table as new_rows'),
+            ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
+            ('_del', 'after delete on %s referencing old table as old_rows'),
+            ('_trunc', 'after truncate on %s')) as v(suffix, event)
+        loop
+            continue when exists (
+                select 1 from pg_catalog.pg_trigger t
+                 where t.tgrelid = v_table and t.tgname = 'vectorize_' || j.job_name || v_trigger.suffix
+                   and t.tgfoid = format('vectorize.%I()', v_capture)::regprocedure);
+            execute format('drop trigger if exists %I on %s', 'vectorize_' || j.job_name || v_trigger.suffix, v_table::regclass);
+            execute format('create trigger %I ' || format(v_trigger.event, v_table::regclass) || ' for each statement execute function vectorize.%I()',
+                           'vectorize_' || j.job_name || v_trigger.suffix, v_capture);
+        end loop;
     end loop;
     update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
+end $$;
+
+-- The tables a job's capture triggers belong on: its source and every partition under it.
+create or replace function vectorize._capture_tables(j vectorize.job) returns setof oid
+language sql stable as $$
+    select j.src_relid
+    union
+    select t.relid::oid from pg_catalog.pg_partition_tree(j.src_relid) t
+$$;
+
+-- Keep capture in step with partitions attached and detached since the triggers were installed:
+-- a partition without them gets them, a detached one loses them, and the job gets a
+-- reconciliation pass (it embeds an attached partition's rows, drops a detached one's).
+-- Run by every worker's housekeeping; returns the jobs it touched.
+create or replace function vectorize.sync_partitions() returns setof text
+language plpgsql as $$
+declare
+    j         vectorize.job;
+    v_capture regprocedure;
+    v_changed boolean;
+    t         record;
+begin
+    for j in select * from vectorize.job where status = 'active' loop
+        v_capture := to_regprocedure(format('vectorize.%I()', '_capture_' || j.job_name));
+        continue when v_capture is null;
+        v_changed := false;
+        for t in select distinct tg.tgrelid, tg.tgname from pg_catalog.pg_trigger tg
+                  where tg.tgfoid = v_capture
+                    and tg.tgrelid not in (select vectorize._capture_tables(j)) loop
+            execute format('drop trigger if exists %I on %s', t.tgname, t.tgrelid::regclass);
+            v_changed := true;
+        end loop;
+        if exists (select 1 from vectorize._capture_tables(j) c(relid)
+                    where (select count(*) from pg_catalog.pg_trigger tg where tg.tgrelid = c.relid and tg.tgfoid = v_capture) < 4) then
+            perform vectorize._install_job_objects(j);
+            v_changed := true;
+        end if;
+        if v_changed then
+            update vectorize.job set scan_active = true, scan_cursor = null where id = j.id;
+            perform pg_notify('vectorize', j.id::text);
+            return next j.job_name;
+        end if;
+    end loop;
 end $$;
 
 -- The version of the per-job object generator: a digest of its body.

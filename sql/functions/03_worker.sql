@@ -63,6 +63,12 @@ begin
       into v_seen, v_last, v_queued
       using j.scan_cursor, p_page, j.id;
     if v_seen < p_page then
+        -- The pass is complete: rows deleted while no trigger saw it (a restore with triggers
+        -- disabled, session_replication_role = replica, a partition detached) leave every generation.
+        perform vectorize._drop_deleted_rows(j, j.generation);
+        if v_spare.id is not null then
+            perform vectorize._drop_deleted_rows(j, v_spare.generation);
+        end if;
         update vectorize.job set scan_active = false, scan_cursor = null,
                backfilled_at = coalesce(backfilled_at, now())
          where id = j.id;
@@ -74,6 +80,21 @@ begin
         perform pg_notify('vectorize', j.id::text);
     end if;
     return v_seen;
+end $$;
+
+-- Delete one generation's embeddings of rows the source no longer has (one anti-join, at the end
+-- of a pass that already read every source key). Returns how many rows' chunks went.
+create or replace function vectorize._drop_deleted_rows(j vectorize.job, p_generation int)
+returns int language plpgsql as $$
+declare
+    v_gone int;
+begin
+    execute format(
+        'with gone as (delete from %1$s e where not exists (select 1 from %2$s s where s.%3$I = e.%3$I) returning e.%3$I)
+         select count(distinct %3$I)::int from gone',
+        vectorize._embeddings_table(j.job_name, p_generation), vectorize._source(j), j.primary_key)
+      into v_gone;
+    return v_gone;
 end $$;
 
 -- The generations a batch of the job writes: the serving one, and the one being built or kept
