@@ -304,3 +304,7 @@ select pg_catalog.set_config('statement_timeout', %(timeout)s, false);
 -- name: sync_partitions
 -- Capture triggers on partitions attached since, none left on partitions detached (02_jobs.sql).
 select job_name from vectorize.sync_partitions() as job_name;
+
+-- name: set_lock_timeout
+-- For the rest of this transaction: a lock on a user's table is waited for this long at most.
+select pg_catalog.set_config('lock_timeout', %(timeout)s, true);

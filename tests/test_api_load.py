@@ -75,3 +75,30 @@ async def test_every_api_statement_has_a_timeout(settings) -> None:
             assert (await (await conn.execute("show statement_timeout")).fetchone())["statement_timeout"] == "300ms"
     finally:
         await pool.close()
+
+
+async def test_deleting_a_job_never_queues_readers_behind_a_long_select(conn, products, api, db_url) -> None:
+    """Deleting a job drops its triggers (ACCESS EXCLUSIVE on the source). Behind a long SELECT it
+    waits at most a lock_timeout per try, so the table's other readers never queue for long behind
+    it; after its tries it answers 409 and changes nothing."""
+    create_job(conn)
+    async with await psycopg.AsyncConnection.connect(db_url) as holder:
+        await holder.execute("select count(*) from my_products")  # its transaction stays open
+        deleting = asyncio.create_task(api.delete("/api/v1/table/my_job"))
+        waits = []
+        while not deleting.done():
+            started = time.monotonic()
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as reader:
+                await reader.execute("select count(*) from my_products")
+            waits.append(time.monotonic() - started)
+            await asyncio.sleep(0.2)
+        response = await deleting
+        await holder.rollback()
+    body = await response.json()
+    print(f"\ndelete behind a long SELECT: {response.status} after {len(waits)} reads, longest read {max(waits):.2f} s")
+    assert response.status == 409 and "stayed locked" in body["error"]
+    assert max(waits) < 1.5
+    assert conn.execute("select count(*) as n from vectorize.job").fetchone()["n"] == 1
+    response = await api.delete("/api/v1/table/my_job")
+    assert response.status < 300
+    assert conn.execute("select count(*) as n from vectorize.job").fetchone()["n"] == 0

@@ -5,10 +5,13 @@ logical-replication subscriber or pg_restore --disable-triggers do), deletes inc
 from __future__ import annotations
 
 import psycopg
+import pytest
+from psycopg.rows import dict_row
 
+from vectorize.db import migrate, publish_models
 from vectorize.worker import content_hash
 
-from .helpers import create_job, queue_depth, wait_until
+from .helpers import MODEL, create_job, queue_depth, url_for, wait_until
 
 
 def hashes(conn: psycopg.Connection, job: str, key: str = "product_id") -> dict[int, bytes]:
@@ -90,3 +93,49 @@ async def test_a_partitioned_source_writes_to_partitions_attach_and_detach(conn,
     conn.execute("update parts_low set body = 'no longer part of the job' where id = 8")
     assert 8 not in hashes(conn, "parts", "id")
     assert conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
+
+
+@pytest.fixture
+def least_privilege_source(pg_admin_url: str, catalog):
+    """A database where the daemon is ``vz_reader``, a plain role with SELECT and TRIGGER on
+    ``docs``, and a job on it; yields (an owner's connection, the daemon's URL)."""
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute("drop database if exists grants_db with (force)")
+        admin.execute("drop role if exists vz_reader")
+        admin.execute("create role vz_reader login")
+        admin.execute("create database grants_db")
+    owner_url = url_for(pg_admin_url, "grants_db")
+    daemon_url = psycopg.conninfo.make_conninfo(owner_url, user="vz_reader")
+    with psycopg.connect(owner_url, autocommit=True, row_factory=dict_row) as owner:
+        owner.execute("create extension if not exists vector")
+        owner.execute("create schema vectorize authorization vz_reader")
+        docs(owner)
+        owner.execute("grant select, trigger on docs to vz_reader")
+        migrate(daemon_url)
+        with psycopg.connect(daemon_url) as daemon:
+            publish_models(daemon, catalog.local_models())
+        with psycopg.connect(daemon_url, autocommit=True) as daemon:
+            daemon.execute("select vectorize.create_job('docs', 'public', 'docs', '{body}', 'id', 'updated_at', %s)", (MODEL,))
+        yield owner, daemon_url
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute("drop database grants_db with (force)")
+        admin.execute("drop role vz_reader")
+
+
+async def test_a_revoked_grant_pauses_the_job_and_a_restored_one_resumes_it(least_privilege_source, start_worker) -> None:
+    """A transient permission error is not the end of a job: it waits, its queue kept, and
+    catches up when the grant is back (it used to be failed for good, its queue deleted)."""
+    owner, daemon_url = least_privilege_source
+    start_worker(database_url=daemon_url, embedder_backoff=0.2, embedder_backoff_max=1.0)
+    await wait_until(lambda: all_current(owner, "docs", "docs") and queue_depth(owner) == 0, timeout=60)
+    owner.execute("revoke select on docs from vz_reader")
+    owner.execute("update docs set body = 'edited while the grant was gone', updated_at = now() where id = 3")
+    await wait_until(
+        lambda: owner.execute("select sync_state from vectorize.job_status").fetchone()["sync_state"] == "waiting_for_source",
+        timeout=20,
+    )
+    status = owner.execute("select status, waiting_reason, pending_live from vectorize.job_status").fetchone()
+    assert status["status"] == "active" and "permission denied" in status["waiting_reason"] and status["pending_live"] == 1
+    owner.execute("grant select on docs to vz_reader")
+    await wait_until(lambda: all_current(owner, "docs", "docs") and queue_depth(owner) == 0, timeout=30)
+    assert owner.execute("select sync_state from vectorize.job_status").fetchone()["sync_state"] == "live"

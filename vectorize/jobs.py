@@ -4,8 +4,10 @@ users get exactly the same answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import UserError, database_errors, reject_nul
@@ -174,10 +176,29 @@ async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: f
     }
 
 
+#: Deleting a job drops its triggers, which needs ACCESS EXCLUSIVE on the source table: behind a
+#: long SELECT that lock would be waited for, and every later reader of the table would queue
+#: behind the wait. So each try waits at most DELETE_LOCK_TIMEOUT, and DELETE_TRIES tries are made.
+DELETE_LOCK_TIMEOUT, DELETE_TRIES, DELETE_RETRY_PAUSE = "500ms", 8, 0.5
+
+
 async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:
-    """Delete the job and everything it built; 404 if there is no such job."""
-    async with pool.connection() as conn:
-        row = await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
+    """Delete the job and everything it built; 404 if there is no such job, 409 if its source table
+    stayed busy (a long transaction holds it) through every try."""
+    for attempt in range(1, DELETE_TRIES + 1):
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                await conn.execute(query("set_lock_timeout"), {"timeout": DELETE_LOCK_TIMEOUT})
+                row = await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
+            break
+        except psycopg.errors.LockNotAvailable:
+            if attempt == DELETE_TRIES:
+                raise UserError(
+                    409,
+                    f"job {job_name!r} was not deleted: its source table stayed locked by another transaction"
+                    f" (a long query or an open transaction) through {DELETE_TRIES} tries; retry when it has ended",
+                ) from None
+            await asyncio.sleep(DELETE_RETRY_PAUSE)
     if row is None:
         raise UserError(404, f"job {job_name!r} does not exist")
 

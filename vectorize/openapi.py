@@ -248,7 +248,10 @@ SPEC: dict[str, Any] = {
                         "items": {"$ref": "#/components/schemas/Generation"},
                     },
                     "status": {"type": "string", "enum": ["active", "failed"]},
-                    "sync_state": {"type": "string", "enum": ["live", "backfilling", "waiting_for_embedder", "failed"]},
+                    "sync_state": {
+                        "type": "string",
+                        "enum": ["live", "backfilling", "waiting_for_embedder", "waiting_for_source", "failed"],
+                    },
                     "last_errors": {
                         "type": "array",
                         "items": {

@@ -37,6 +37,9 @@ from .scheduler import Lane, Rotation
 
 log = logging.getLogger(__name__)
 
+#: How a pause for an unreadable source starts its reason (vectorize._sync_state reads it).
+SOURCE_WAIT_PREFIX = "the job's source cannot be read now"
+
 #: Batches in flight per lane. Each batch ends with database work (COPY, index
 #: maintenance, commit) and starts with more (claim, read); with two, one batch's
 #: database work overlaps the other's inference and the encoder never idles between
@@ -310,9 +313,15 @@ class Worker:
                 job.scan_active = False
             return max(seen, 0) if seen != SCAN_BUSY else 0
         except SOURCE_BROKEN as exc:
-            message = f"the job's source is no longer usable: {_first_line(exc)}"
-            await self.manager.fail_job(job.id, message)
-            log.error("event=job_failed job=%s reason=%r", job.job_name, message)
+            if isinstance(exc, psycopg.errors.UndefinedColumn):
+                # A column the job embeds is gone (the capture trigger fails the job on the next write, too).
+                message = f"the job's source is no longer usable: {_first_line(exc)}"
+                await self.manager.fail_job(job.id, message)
+                log.error("event=job_failed job=%s reason=%r", job.job_name, message)
+                return 0
+            # A permission revoked, or the table out of reach for a moment (a swap, a restore): the
+            # job waits with backoff, its queue kept; housekeeping fails it if the table was dropped.
+            await self._pause(job, exc, reason=f"{SOURCE_WAIT_PREFIX}: {_first_line(exc)}")
             return 0
 
     # ---- one batch -------------------------------------------------------------
@@ -514,16 +523,21 @@ class Worker:
         )
 
     # ---- failures --------------------------------------------------------------
-    async def _pause(self, job: JobWork, exc: Exception) -> None:
-        """The job's embedder is down: the whole job waits, with exponential backoff; no row pays."""
+    async def _pause(self, job: JobWork, exc: Exception, reason: str | None = None) -> None:
+        """The job's embedder is down (or, with ``reason``, its source out of reach): the whole job
+        waits, with exponential backoff; no row pays, nothing is dropped."""
         retry_after = exc.retry_after if isinstance(exc, EmbedderUnavailable) else None
         seconds = self.policy.embedder_pause(job.pause_count, retry_after)
-        reason = f"embedder for model {job.model} unavailable: {_first_line(exc)}"
-        await self.manager.pause_job(job.id, seconds, reason)
+        await self.manager.pause_job(job.id, seconds, reason or f"embedder for model {job.model} unavailable: {_first_line(exc)}")
         job.pause_count += 1
         job.paused_for = seconds
-        metrics.EMBEDDER_PAUSES.labels(job.job_name).inc()
-        log.warning("event=embedder_unavailable job=%s model=%s wait_s=%.1f error=%r", job.job_name, job.model, seconds, str(exc))
+        if reason is None:
+            metrics.EMBEDDER_PAUSES.labels(job.job_name).inc()
+            log.warning(
+                "event=embedder_unavailable job=%s model=%s wait_s=%.1f error=%r", job.job_name, job.model, seconds, str(exc)
+            )
+        else:
+            log.warning("event=source_unavailable job=%s wait_s=%.1f error=%r", job.job_name, seconds, _first_line(exc))
 
     async def _park_oversized(self, job: JobWork, item: Claimed, length: int) -> None:
         """Park a row over the text budget at once: every retry would be refused the same way."""

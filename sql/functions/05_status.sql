@@ -15,6 +15,7 @@ create or replace function vectorize._sync_state(j vectorize.job, p_backfill_pen
 language sql stable as $$
     select case
         when j.status = 'failed' then 'failed'
+        when j.paused_until > now() and j.pause_reason like 'the job''s source cannot be read now%' then 'waiting_for_source'
         when j.paused_until > now() then 'waiting_for_embedder'
         when j.scan_active or p_backfill_pending > 0 then 'backfilling'
         else 'live'
