@@ -388,7 +388,7 @@ begin
     -- triggers; one aimed at the parent only the parent's). Triggers already in place are left
     -- alone: dropping one locks the user's table against every reader and writer, and a
     -- redefinition or switch only needs the function above replaced.
-    for v_table in select vectorize._capture_tables(j) loop
+    for v_table in select vectorize._tables_captured(j) loop
         for v_trigger in select * from (values
             ('_ins', 'after insert on %s referencing new table as new_rows'),
             ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
@@ -408,7 +408,7 @@ begin
 end $$;
 
 -- The tables a job's capture triggers belong on: its source and every partition under it.
-create or replace function vectorize._capture_tables(j vectorize.job) returns setof oid
+create or replace function vectorize._tables_captured(j vectorize.job) returns setof oid
 language sql stable as $$
     select j.src_relid
     union
@@ -433,11 +433,11 @@ begin
         v_changed := false;
         for t in select distinct tg.tgrelid, tg.tgname from pg_catalog.pg_trigger tg
                   where tg.tgfoid = v_capture
-                    and tg.tgrelid not in (select vectorize._capture_tables(j)) loop
+                    and tg.tgrelid not in (select vectorize._tables_captured(j)) loop
             execute format('drop trigger if exists %I on %s', t.tgname, t.tgrelid::regclass);
             v_changed := true;
         end loop;
-        if exists (select 1 from vectorize._capture_tables(j) c(relid)
+        if exists (select 1 from vectorize._tables_captured(j) c(relid)
                     where (select count(*) from pg_catalog.pg_trigger tg where tg.tgrelid = c.relid and tg.tgfoid = v_capture) < 4) then
             perform vectorize._install_job_objects(j);
             v_changed := true;
