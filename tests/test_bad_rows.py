@@ -74,7 +74,11 @@ async def test_a_2_mb_row_is_parked_before_inference_and_the_next_rows_go_on(con
         rss = peak_rss_mb(worker.pid)
         print(f"\n2 MB row: next rows embedded in {max(latencies):.2f} s at most; worker peak RSS {rss:.0f} MB; parked: {error}")
         assert max(latencies) <= 2.0
-        assert error is not None and "VECTORIZE_MAX_ROW_CHARS" in error and "2,0" in error
+        assert (
+            error is not None
+            and "VECTORIZE_MAX_ROW_CHARS" in error
+            and f"{len(f'product_name: Huge description: {huge}'):,} characters" in error
+        )
         assert status["status"] == "active" and status["sync_state"] == "live" and status["failed_rows"] == 1
         assert stored_hash(conn, "my_job", "product_id", 1000) is None
         assert rss <= RSS_BOUND_MB

@@ -73,7 +73,7 @@ class Settings:
     embedder_backoff: float = _setting(2.0, "seconds a job first waits when its embedder is down; doubles per failed try")
     embedder_backoff_max: float = _setting(60.0, "longest wait between tries of an embedder that is down")
     max_row_chars: int = _setting(
-        1_000_000,
+        1 << 20,
         "largest row text embedded (characters of its embedded columns); a longer row is parked at once, before inference",
     )
     max_body_bytes: int = _setting(1 << 20, "largest accepted request body")

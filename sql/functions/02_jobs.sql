@@ -329,16 +329,18 @@ begin
             set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $body$
         declare
             queued bigint := 0;
+            source_relid oid;
         begin
+            -- A failed job stops collecting work (one primary-key lookup per statement).
+            select j.src_relid into source_relid from vectorize.job j where j.id = %2$L::uuid and j.status = 'active';
+            if source_relid is null then
+                return null;
+            end if;
             -- Only on the job's own source or one of its partitions: on any other table (a partition
             -- since detached, or a table of someone granted EXECUTE by mistake) it does nothing.
             -- EXECUTE is revoked from PUBLIC below, so nobody else can create such a trigger.
-            if tg_relid <> %7$s::oid and not exists (
-                    select 1 from pg_catalog.pg_partition_ancestors(tg_relid) a where a.relid = %7$s::oid) then
-                return null;
-            end if;
-            -- A failed job stops collecting work (one primary-key lookup per statement).
-            if not exists (select 1 from vectorize.job where id = %2$L::uuid and status = 'active') then
+            if tg_relid <> source_relid and not exists (
+                    select 1 from pg_catalog.pg_partition_ancestors(tg_relid) a where a.relid = source_relid) then
                 return null;
             end if;
             if tg_op = 'INSERT' then
@@ -359,7 +361,7 @@ begin
                 -- racing on the same row re-checks it and cannot leave a stale vector.
                 %5$s
                 insert into vectorize.queue (job_id, pk) select %2$L::uuid, o.%3$I::text from old_rows o;
-            elsif tg_relid = %7$s::oid then
+            elsif tg_relid = source_relid then
                 %6$s
                 delete from vectorize.queue where job_id = %2$L::uuid;
             else
@@ -379,7 +381,7 @@ begin
                 format('the source table changed under the job (%%s); delete the job and create it again', sqlerrm));
             return null;
         end $body$ $f$,
-        v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate, j.src_relid);
+        v_capture, j.id, j.primary_key, v_changed, v_delete, v_truncate);
     -- Triggers fire it without EXECUTE; a role creating a trigger of its own needs EXECUTE.
     execute format('revoke all on function vectorize.%I() from public', v_capture);
 
