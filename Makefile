@@ -64,8 +64,8 @@ int8-gate: models
 
 # The same gate's numerics as an AVX2 CPU without AVX-512 or VNNI computes them, under Debian's
 # qemu-user (apt-get install qemu-user). The graphs and the fp32 reference are built natively;
-# only the int8 graphs with every GEMM int8 run emulated, on 12 texts (emulation is ~1000x slower:
-# ~30 min; quality only, no speed).
+# only the int8 graphs with every GEMM int8 run emulated, one thread, on 12 texts (emulation is
+# ~1000x slower: tens of minutes; quality only, no speed).
 int8-gate-avx2: models
 	@command -v qemu-x86_64 >/dev/null || (echo "int8-gate-avx2 needs qemu-x86_64: apt-get install qemu-user" >&2; exit 1)
 	$(BIN)/python bench/int8_gate.py build $(GATE_DIR)-avx2 --texts 12

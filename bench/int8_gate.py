@@ -56,7 +56,9 @@ INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"
 def _encoder(path: Path) -> Encoder:
     manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
     _, tokenizer = export_paths(manifest, MODELS_DIR)
-    return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=2)
+    # One thread: quality does not depend on it, and under emulation a second thread's spin-waits
+    # take the emulated CPU from the one doing the work.
+    return Encoder(path, tokenizer, dimension=manifest.dimension, max_tokens=manifest.max_tokens, threads=1)
 
 
 def build(folder: Path, texts: int) -> None:
