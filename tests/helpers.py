@@ -7,7 +7,8 @@ import gzip
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,22 @@ async def backfilled_job(conn: psycopg.Connection, start_worker: Callable[..., o
     create_job(conn)
     start_worker(**worker_settings)
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0)
+
+
+@contextmanager
+def scratch_database(admin_url: str, name: str, roles: tuple[str, ...]) -> Iterator[str]:
+    """A new database and new login ``roles``, for a test of privileges; yields the database's
+    URL (as the admin) and drops both afterwards."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        for role in roles:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield url_for(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+            for role in roles:
+                admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

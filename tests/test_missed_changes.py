@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from vectorize.db import migrate, publish_models
 from vectorize.worker import content_hash
 
-from .helpers import MODEL, create_job, queue_depth, url_for, wait_until
+from .helpers import MODEL, create_job, queue_depth, scratch_database, wait_until
 
 
 def hashes(conn: psycopg.Connection, job: str, key: str = "product_id") -> dict[int, bytes]:
@@ -99,27 +99,21 @@ async def test_a_partitioned_source_writes_to_partitions_attach_and_detach(conn,
 def least_privilege_source(pg_admin_url: str, catalog):
     """A database where the daemon is ``vz_reader``, a plain role with SELECT and TRIGGER on
     ``docs``, and a job on it; yields (an owner's connection, the daemon's URL)."""
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute("drop database if exists grants_db with (force)")
-        admin.execute("drop role if exists vz_reader")
-        admin.execute("create role vz_reader login")
-        admin.execute("create database grants_db")
-    owner_url = url_for(pg_admin_url, "grants_db")
-    daemon_url = psycopg.conninfo.make_conninfo(owner_url, user="vz_reader")
-    with psycopg.connect(owner_url, autocommit=True, row_factory=dict_row) as owner:
-        owner.execute("create extension if not exists vector")
-        owner.execute("create schema vectorize authorization vz_reader")
-        docs(owner)
-        owner.execute("grant select, trigger on docs to vz_reader")
-        migrate(daemon_url)
-        with psycopg.connect(daemon_url) as daemon:
-            publish_models(daemon, catalog.local_models())
-        with psycopg.connect(daemon_url, autocommit=True) as daemon:
-            daemon.execute("select vectorize.create_job('docs', 'public', 'docs', '{body}', 'id', 'updated_at', %s)", (MODEL,))
-        yield owner, daemon_url
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute("drop database grants_db with (force)")
-        admin.execute("drop role vz_reader")
+    with scratch_database(pg_admin_url, "grants_db", ("vz_reader",)) as owner_url:
+        daemon_url = psycopg.conninfo.make_conninfo(owner_url, user="vz_reader")
+        with psycopg.connect(owner_url, autocommit=True, row_factory=dict_row) as owner:
+            owner.execute("create extension if not exists vector")
+            owner.execute("create schema vectorize authorization vz_reader")
+            docs(owner)
+            owner.execute("grant select, trigger on docs to vz_reader")
+            migrate(daemon_url)
+            with psycopg.connect(daemon_url) as daemon:
+                publish_models(daemon, catalog.local_models())
+            with psycopg.connect(daemon_url, autocommit=True) as daemon:
+                daemon.execute(
+                    "select vectorize.create_job('docs', 'public', 'docs', '{body}', 'id', 'updated_at', %s)", (MODEL,)
+                )
+            yield owner, daemon_url
 
 
 async def test_a_revoked_grant_pauses_the_job_and_a_restored_one_resumes_it(least_privilege_source, start_worker) -> None:

@@ -8,11 +8,9 @@ from psycopg import sql
 
 from vectorize.db import migrate, publish_models
 
-from .helpers import MY_JOB, url_for, wait_until
+from .helpers import MY_JOB, scratch_database, wait_until
 
 GRANTS = """
-create role vz_daemon login;
-create role vz_intruder login;
 create extension if not exists vector;
 create schema vectorize authorization vz_daemon;
 create table public.my_products (product_id int primary key, product_name text, description text,
@@ -24,19 +22,10 @@ grant select, trigger on public.my_products to vz_daemon;
 
 @pytest.fixture
 def least_privilege_db(pg_admin_url: str):
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute("drop database if exists least_priv with (force)")
-        admin.execute("drop role if exists vz_daemon")
-        admin.execute("drop role if exists vz_intruder")
-        admin.execute("create database least_priv")
-    owner_url = url_for(pg_admin_url, "least_priv")
-    with psycopg.connect(owner_url, autocommit=True) as owner:
-        owner.execute(GRANTS)
-    yield owner_url
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute("drop database least_priv with (force)")
-        admin.execute("drop role vz_daemon")
-        admin.execute("drop role vz_intruder")
+    with scratch_database(pg_admin_url, "least_priv", ("vz_daemon", "vz_intruder")) as owner_url:
+        with psycopg.connect(owner_url, autocommit=True) as owner:
+            owner.execute(GRANTS)
+        yield owner_url
 
 
 async def test_daemon_works_as_a_non_superuser(least_privilege_db: str, catalog, start_worker, settings) -> None:
