@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vectorize.embedding.encoder import Encoder
 from vectorize.embedding.export import export_checkpoint
-from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, quantize_int8, source_dir
+from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, quantize_int8, source_dir
 from vectorize.embedding.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.tuning import (
     MEAN_COSINE,
@@ -53,8 +53,7 @@ from vectorize.paths import MODELS_DIR
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"
 
 
-def _encoder(path: Path) -> Encoder:
-    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
+def _encoder(path: Path, manifest: ModelManifest) -> Encoder:
     _, tokenizer = export_paths(manifest, MODELS_DIR)
     # One thread: quality does not depend on it, and under emulation a second thread's spin-waits
     # take the emulated CPU from the one doing the work.
@@ -77,7 +76,7 @@ def build(folder: Path, texts: int) -> None:
         quantize_int8(source, folder / f"int8-{number}.onnx", variant.keep_fp32, variant.weights)
         index.append({"graph": f"int8-{number}.onnx", "variant": asdict(variant)})
     chosen = load_tuning_texts()[:texts]
-    reference = _encoder(fp32)
+    reference = _encoder(fp32, manifest)
     np.savez(folder / "reference.npz", texts=reference.embed(chosen), shorts=reference.embed(short_texts(chosen)))
     (folder / "index.json").write_text(json.dumps({"texts": chosen, "variants": index}, indent=1))
     print(f"built {len(index)} int8 graphs and the fp32 reference of {texts} texts in {folder}")
@@ -87,6 +86,7 @@ def check(folder: Path, all_int8_only: bool) -> int:
     emulated = os.environ.get("QEMU_CPU")
     # Under qemu-user /proc/cpuinfo is the host's: name the emulated model instead.
     cpu = f"qemu-user -cpu {emulated} (emulated, on {cpu_description()})" if emulated else cpu_description()
+    manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
     index = json.loads((folder / "index.json").read_text())
     reference = np.load(folder / "reference.npz")
     texts = index["texts"]
@@ -98,7 +98,7 @@ def check(folder: Path, all_int8_only: bool) -> int:
         every_gemm_int8 = not variant.keep_fp32
         if all_int8_only and not every_gemm_int8:
             continue
-        encoder = _encoder(folder / entry["graph"])
+        encoder = _encoder(folder / entry["graph"], manifest)
         vectors, shorts = encoder.embed(texts), encoder.embed(short_texts(texts))
         cosine = (vectors * reference["texts"]).sum(axis=1)
         short_cosine = (shorts * reference["shorts"]).sum(axis=1)

@@ -391,12 +391,7 @@ begin
     -- alone: dropping one locks the user's table against every reader and writer, and a
     -- redefinition or switch only needs the function above replaced.
     for v_table in select vectorize._tables_captured(j) loop
-        for v_trigger in select * from (values
-            ('_ins', 'after insert on %s referencing new table as new_rows'),
-            ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
-            ('_del', 'after delete on %s referencing old table as old_rows'),
-            ('_trunc', 'after truncate on %s')) as v(suffix, event)
-        loop
+        for v_trigger in select * from vectorize._trigger_kinds() loop
             continue when exists (
                 select 1 from pg_catalog.pg_trigger t
                  where t.tgrelid = v_table and t.tgname = 'vectorize_' || j.job_name || v_trigger.suffix
@@ -408,6 +403,15 @@ begin
     end loop;
     update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
 end $$;
+
+-- The capture triggers each captured table gets: one per event, with the transition tables it needs.
+create or replace function vectorize._trigger_kinds(out suffix text, out event text) returns setof record
+language sql immutable as $$
+    values ('_ins', 'after insert on %s referencing new table as new_rows'),
+           ('_upd', 'after update on %s referencing old table as old_rows new table as new_rows'),
+           ('_del', 'after delete on %s referencing old table as old_rows'),
+           ('_trunc', 'after truncate on %s')
+$$;
 
 -- The tables a job's capture triggers belong on: its source and every partition under it.
 create or replace function vectorize._tables_captured(j vectorize.job) returns setof oid
@@ -440,7 +444,8 @@ begin
             v_changed := true;
         end loop;
         if exists (select 1 from vectorize._tables_captured(j) c(relid)
-                    where (select count(*) from pg_catalog.pg_trigger tg where tg.tgrelid = c.relid and tg.tgfoid = v_capture) < 4) then
+                    where (select count(*) from pg_catalog.pg_trigger tg where tg.tgrelid = c.relid and tg.tgfoid = v_capture)
+                          < (select count(*) from vectorize._trigger_kinds())) then
             perform vectorize._install_job_objects(j);
             v_changed := true;
         end if;

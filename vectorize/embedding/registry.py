@@ -35,6 +35,12 @@ from .smoothing import OUTLIER_SUFFIX
 WEIGHT_FORMATS = {"s8": "int8 weights", "s7": "7-bit weights", "u8": "uint8 weights"}
 
 
+def check_weight_format(weights: str) -> None:
+    """Refuse a weight format that is not one of WEIGHT_FORMATS (a manifest's typo, say)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"int8 weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+
+
 @dataclass(frozen=True)
 class Int8Variant:
     """One way to build a model's int8 graph: which GEMMs stay fp32 (node-name prefixes), the
@@ -47,8 +53,7 @@ class Int8Variant:
     weights: str = "s8"
 
     def __post_init__(self) -> None:
-        if self.weights not in WEIGHT_FORMATS:
-            raise ValueError(f"int8 weight format {self.weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+        check_weight_format(self.weights)
 
     def describe(self) -> str:
         text = f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}"
@@ -232,8 +237,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, keep_fp32: tuple[str, ...], w
     of ``WEIGHT_FORMATS``."""
     import onnx
 
-    if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"int8 weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    check_weight_format(weights)
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
     constants = {init.name for init in graph.initializer}
     exclude = [
