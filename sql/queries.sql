@@ -308,3 +308,7 @@ select job_name from vectorize.sync_partitions() as job_name;
 -- name: set_lock_timeout
 -- For the rest of this transaction: a lock on a user's table is waited for this long at most.
 select pg_catalog.set_config('lock_timeout', %(timeout)s, true);
+
+-- name: compact_tallies
+-- Fold the embeddings tables' old count deltas into one row each (01_helpers.sql).
+select vectorize.compact_tallies();

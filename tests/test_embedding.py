@@ -127,3 +127,21 @@ def test_int8_keeps_quality_and_neighbours_on_real_descriptions(catalog: ModelCa
     assert cosine.min() >= 0.98 and cosine.mean() >= 0.995, (cosine.min(), cosine.mean())
     overlap = top_k_overlap(fp32, int8, 10)
     assert overlap >= 0.9, overlap
+
+
+def test_long_texts_are_tokenised_by_their_head_with_the_same_tokens(catalog) -> None:
+    """Truncating a 1 MB text needs only its head tokenised; the tokens are exactly the full
+    tokenisation's, whatever the words, scripts and runs of whitespace."""
+    import random
+
+    from vectorize.embedding.encoder import encode_truncated
+
+    tokenizer = catalog.get(MODEL).tokenizer
+    rng = random.Random(1)
+    words = ["alpha", "beta", "x" * 200, "日本語のテキスト", "co-operate", "don't", "\n", "  ", "naïve"]
+    texts = [" ".join(rng.choice(words) for _ in range(n)) for n in (1, 10, 3000, 10_000, 50_000)]
+    texts += ["y" * 40_000, " " * 30_000 + "word " * 10, "word " * 3000 + " " * 30_000]
+    ours = encode_truncated(tokenizer, texts)
+    full = tokenizer.encode_batch(texts, add_special_tokens=True)
+    assert [a.ids for a in ours] == [b.ids for b in full]
+    assert [a.offsets for a in ours] == [b.offsets for b in full]

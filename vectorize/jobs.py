@@ -5,13 +5,17 @@ users get exactly the same answers."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
+
+T = TypeVar("T")
 
 #: Fields of a job definition and the JSON type each must have.
 JOB_FIELDS: dict[str, type] = {
@@ -92,10 +96,13 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
 async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> str:
     """Insert the job (the trigger validates and builds its objects); returns its id."""
     params = with_defaults(definition)
-    with database_errors():
-        async with pool.connection() as conn, conn.transaction():
-            row = await (await conn.execute(query("create_job"), params)).fetchone()
-            await conn.execute(query("set_search_settings"), params)
+
+    async def create(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        row = await (await conn.execute(query("create_job"), params)).fetchone()
+        await conn.execute(query("set_search_settings"), params)
+        return row
+
+    row = await _politely(pool, params["job_name"], "created", create)
     assert row is not None
     return str(row["id"])
 
@@ -127,42 +134,44 @@ async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], ke
     cancels a build in progress. ``action`` in the answer: building, unchanged or cancelled."""
     params = with_defaults(definition)
     job_name = params["job_name"]
-    with database_errors():
-        async with pool.connection() as conn, conn.transaction():
-            current = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
-            if current is None:
-                raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
-            spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
-            answer = {"id": str(current["id"]), "job_name": job_name, "serving_generation": current["generation"]}
-            await conn.execute(query("set_search_settings"), params)
-            if same_definition(current, params):
-                if spare is not None and spare["state"] == "building":
-                    await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})
-                    return {
-                        **answer,
-                        "action": "cancelled",
-                        "message": f"the build of generation {spare['generation']} was cancelled",
-                    }
-                return {**answer, "action": "unchanged", "message": "the job already has this definition"}
-            await conn.execute(query("redefine_job"), params)
-            spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
-    assert spare is not None
-    return {
-        **answer,
-        "action": "building",
-        "generation": spare["generation"],
-        "message": f"generation {spare['generation']} is being built; "
-        f"generation {current['generation']} serves until it is complete",
-    }
+
+    async def redefine(conn: AsyncConnection[Any]) -> dict[str, Any]:
+        current = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
+        if current is None:
+            raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
+        spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
+        answer = {"id": str(current["id"]), "job_name": job_name, "serving_generation": current["generation"]}
+        await conn.execute(query("set_search_settings"), params)
+        if same_definition(current, params):
+            if spare is not None and spare["state"] == "building":
+                await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})
+                return {
+                    **answer,
+                    "action": "cancelled",
+                    "message": f"the build of generation {spare['generation']} was cancelled",
+                }
+            return {**answer, "action": "unchanged", "message": "the job already has this definition"}
+        await conn.execute(query("redefine_job"), params)
+        spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
+        assert spare is not None
+        return {
+            **answer,
+            "action": "building",
+            "generation": spare["generation"],
+            "message": f"generation {spare['generation']} is being built; "
+            f"generation {current['generation']} serves until it is complete",
+        }
+
+    return await _politely(pool, job_name, "redefined", redefine)
 
 
 async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: float) -> dict[str, Any]:
     """Cancel a build in progress, or switch back to the previous generation (instantly)."""
-    with database_errors():
-        async with pool.connection() as conn:
-            row = await (
-                await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})
-            ).fetchone()
+
+    async def rollback(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        return await (await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})).fetchone()
+
+    row = await _politely(pool, job_name, "switched", rollback)
     assert row is not None
     messages = {
         "cancelled": f"the build in progress was cancelled; generation {row['generation']} keeps serving",
@@ -176,30 +185,43 @@ async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: f
     }
 
 
-#: Deleting a job drops its triggers, which needs ACCESS EXCLUSIVE on the source table: behind a
-#: long SELECT that lock would be waited for, and every later reader of the table would queue
-#: behind the wait. So each try waits at most DELETE_LOCK_TIMEOUT, and DELETE_TRIES tries are made.
-DELETE_LOCK_TIMEOUT, DELETE_TRIES, DELETE_RETRY_PAUSE = "500ms", 8, 0.5
+#: Creating, redefining, switching or deleting a job installs or drops triggers on its source
+#: table, which needs a lock that conflicts with the source's writers (and, to drop, with its
+#: readers): waited for behind a long transaction, every later query on the table would queue
+#: behind the wait. So each try waits at most SOURCE_LOCK_TIMEOUT, and SOURCE_LOCK_TRIES are made.
+SOURCE_LOCK_TIMEOUT, SOURCE_LOCK_TRIES, SOURCE_LOCK_RETRY_PAUSE = "500ms", 8, 0.5
+
+
+async def _politely(
+    pool: AsyncConnectionPool, job_name: str, action: str, work: Callable[[AsyncConnection[Any]], Awaitable[T]]
+) -> T:
+    """Run ``work`` in a transaction that waits for locks at most SOURCE_LOCK_TIMEOUT, retrying
+    SOURCE_LOCK_TRIES times; then a 409 that says why, with nothing changed."""
+    for attempt in range(1, SOURCE_LOCK_TRIES + 1):
+        try:
+            with database_errors():
+                async with pool.connection() as conn, conn.transaction():
+                    await conn.execute(query("set_lock_timeout"), {"timeout": SOURCE_LOCK_TIMEOUT})
+                    return await work(conn)
+        except psycopg.errors.LockNotAvailable:
+            if attempt == SOURCE_LOCK_TRIES:
+                raise UserError(
+                    409,
+                    f"job {job_name!r} was not {action}: its source table stayed locked by another transaction"
+                    f" (a long query or an open transaction) through {SOURCE_LOCK_TRIES} tries; retry when it has ended",
+                ) from None
+            await asyncio.sleep(SOURCE_LOCK_RETRY_PAUSE)
+    raise AssertionError("unreachable")
 
 
 async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:
     """Delete the job and everything it built; 404 if there is no such job, 409 if its source table
     stayed busy (a long transaction holds it) through every try."""
-    for attempt in range(1, DELETE_TRIES + 1):
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                await conn.execute(query("set_lock_timeout"), {"timeout": DELETE_LOCK_TIMEOUT})
-                row = await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
-            break
-        except psycopg.errors.LockNotAvailable:
-            if attempt == DELETE_TRIES:
-                raise UserError(
-                    409,
-                    f"job {job_name!r} was not deleted: its source table stayed locked by another transaction"
-                    f" (a long query or an open transaction) through {DELETE_TRIES} tries; retry when it has ended",
-                ) from None
-            await asyncio.sleep(DELETE_RETRY_PAUSE)
-    if row is None:
+
+    async def delete(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        return await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
+
+    if await _politely(pool, job_name, "deleted", delete) is None:
         raise UserError(404, f"job {job_name!r} does not exist")
 
 

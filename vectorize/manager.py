@@ -171,6 +171,10 @@ class JobManager:
         """Capture partitions attached or detached since the triggers were installed; returns the jobs touched."""
         return [row["job_name"] for row in await self._execute("sync_partitions")]
 
+    async def compact_tallies(self) -> None:
+        """Fold old row-count deltas (vectorize.row_tally) so status reads stay a few rows per table."""
+        await self._execute("compact_tallies")
+
     async def fail_orphaned_jobs(self) -> list[str]:
         """Fail the jobs whose source table was dropped; returns their names."""
         return [row["job_name"] for row in await self._execute("fail_orphaned_jobs")]

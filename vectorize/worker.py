@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -71,6 +72,8 @@ class Prepared:
     embedded_rows: int = 0
     #: Rows longer than the text budget (key -> characters): parked once the batch commits.
     oversized: dict[str, int] = field(default_factory=dict)
+    #: Every vector of the batch, by (model, chunk text): reused when a write-time failure splits it.
+    vectors: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def text_count(self) -> int:
@@ -93,6 +96,8 @@ class BatchResult:
     failure: Exception | None = None
     #: Claimed rows over the text budget, to park once the transaction has committed.
     oversized: list[Claimed] = field(default_factory=list)
+    #: The vectors of a batch whose write was rejected: its halves need no inference again.
+    vectors: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 def content_hash(text: str) -> bytes:
@@ -172,7 +177,7 @@ class Worker:
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """A reconciliation pass for every job at start-up and every ``reconcile_interval``; every
         poll interval, fail the jobs whose source table was dropped (that takes their triggers, so
-        nothing would say), switch finished builds and drop expired generations."""
+        nothing would say), switch finished builds, fold row counts and drop expired generations."""
         await self.manager.restart_scans()
         self._wake_all()
         reconciled = time.monotonic()
@@ -187,6 +192,7 @@ class Worker:
                 log.info("event=partitions_changed job=%s action=capture_updated_and_reconciling", name)
                 self._wake_all()
             await self._complete_builds()
+            await self.manager.compact_tallies()
             for name, generation in await self.manager.drop_expired_generations():
                 log.info("event=generation_dropped job=%s generation=%d reason=grace_period_over", name, generation)
             await _wait_any(stop, None, self.settings.poll_interval)
@@ -325,10 +331,18 @@ class Worker:
             return 0
 
     # ---- one batch -------------------------------------------------------------
-    async def process_batch(self, job: JobWork, lane: Lane, limit: int = 0, only_ids: list[int] | None = None) -> int:
+    async def process_batch(
+        self,
+        job: JobWork,
+        lane: Lane,
+        limit: int = 0,
+        only_ids: list[int] | None = None,
+        known: dict[tuple[str, str], Any] | None = None,
+    ) -> int:
         """Claim, embed and write one batch; returns the rows handled. A failure is dealt with by
-        whose it is: the embedder's pauses the job, a row's is found and charged to that row."""
-        result = await self._run_batch(job, lane, limit, only_ids)
+        whose it is: the embedder's pauses the job, a row's is found and charged to that row.
+        ``known``: vectors already computed for some chunk texts (by a batch this one is half of)."""
+        result = await self._run_batch(job, lane, limit, only_ids, known or {})
         if result.failure is None:
             if job.pause_count and result.claimed:  # the probe went through: the embedder is back
                 await self.manager.resume_job(job.id)
@@ -347,16 +361,21 @@ class Worker:
                 len(result.claimed),
                 _first_line(result.failure),
             )
+            # A row rejected at write time was embedded fine: its halves reuse the vectors.
+            known = {**(known or {}), **result.vectors}
             half = len(result.claimed) // 2
             for part in (result.claimed[:half], result.claimed[half:]):
-                await self.process_batch(job, lane, limit or self.settings.batch_size, [i for c in part for i in c.ids])
+                ids = [i for c in part for i in c.ids]
+                await self.process_batch(job, lane, limit or self.settings.batch_size, ids, known)
                 if job.paused_for:
                     break  # the embedder went down meanwhile: the rest wait for it, uncharged
             return len(result.claimed)
         await self._charge(job, result.claimed[0], result.failure)
         return 1
 
-    async def _run_batch(self, job: JobWork, lane: Lane, limit: int, only_ids: list[int] | None) -> BatchResult:
+    async def _run_batch(
+        self, job: JobWork, lane: Lane, limit: int, only_ids: list[int] | None, known: dict[tuple[str, str], Any]
+    ) -> BatchResult:
         """One transaction: claim, read, chunk, embed, write, finish. ``limit`` counts chunks to embed:
         rows past it stay queued for the next batch, so long documents make batches of the same work."""
         result = BatchResult()
@@ -369,7 +388,7 @@ class Worker:
                 return result
             started = time.perf_counter()
             try:
-                batch = await self._embed(tx, job, lane, result.claimed, limit)
+                batch = await self._embed(tx, job, lane, result.claimed, limit, known)
             except Exception as exc:
                 if self.policy.blame(exc) not in (Blame.ROW, Blame.EMBEDDER):
                     raise
@@ -382,7 +401,11 @@ class Worker:
             except psycopg.Error as exc:
                 if self.policy.blame(exc) is not Blame.ROW:
                     raise
-                result.failure = exc  # a row's value rejected at write time: found by splitting the batch
+                # A row's value rejected at write time: found by splitting the rows written (the
+                # others the budget left out go back to the queue with the rollback, uncharged).
+                result.failure = exc
+                result.claimed = [c for c in result.claimed if c.pk in batch.done] or result.claimed
+                result.vectors = batch.vectors
                 raise psycopg.Rollback() from None
             result.oversized = [c for c in result.claimed if c.pk in batch.oversized]
             result.claimed = [c for c in result.claimed if c.pk in batch.done]
@@ -406,7 +429,15 @@ class Worker:
         generous: the budget has slack, and rows left over would make a small batch of their own)."""
         return max(1, min(chunks, math.ceil(1.1 * chunks / max(self._chunks_per_row.get(job.id, 1.0), 1.0))))
 
-    async def _embed(self, tx: BatchTransaction, job: JobWork, lane: Lane, claimed: list[Claimed], budget: int) -> Prepared:
+    async def _embed(
+        self,
+        tx: BatchTransaction,
+        job: JobWork,
+        lane: Lane,
+        claimed: list[Claimed],
+        budget: int,
+        known: dict[tuple[str, str], Any],
+    ) -> Prepared:
         """Read the claimed rows' current text as each generation of the job sees it (the serving
         one, and the one a redefinition builds or keeps), cut each into chunks, and embed the
         chunks whose text changed, each distinct text once per model, up to ``budget`` of them
@@ -481,11 +512,12 @@ class Worker:
             for number, line in row_lines:
                 batch.lines[number].append(line)
             wanted.extend(row_wanted)
-        vectors: dict[tuple[str, str], object] = {}
+        vectors = batch.vectors
         for model, texts in batch.texts.items():
-            if not texts:
+            vectors.update(((model, t), known[(model, t)]) for t in texts if (model, t) in known)
+            ordered = sorted(t for t in texts if (model, t) not in known)
+            if not ordered:
                 continue
-            ordered = sorted(texts)
             embedder = next(e for g, e, _ in plans if g.model == model)
             matrix = await asyncio.to_thread(embedder.embed, ordered, self.abort, lane.priority)
             self.inferences += len(ordered)

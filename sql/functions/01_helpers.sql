@@ -79,22 +79,117 @@ language sql stable as $$
     select vectorize._with_definition(j, g) from vectorize.generation g where g.job_id = j.id
 $$;
 
--- How many rows a table has: exact up to 1M rows, the planner's estimate above
--- that (estimated = true), so a status query never scans a huge table.
+-- How many rows a table has: exact up to 10,000 rows, the planner's estimate above that
+-- (estimated = true), so a status query never scans a large table. A table never analysed
+-- (reltuples < 0) is counted up to that bound, and reported as at least that many.
 create or replace function vectorize._row_count(p_table regclass, out row_count bigint, out estimated boolean)
 language plpgsql stable as $$
 declare
+    v_bound    constant bigint := 10000;
     v_estimate double precision;
 begin
     select c.reltuples into v_estimate from pg_catalog.pg_class c where c.oid = p_table;
-    if v_estimate > 1000000 then
+    if v_estimate > v_bound then
         row_count := v_estimate::bigint;
         estimated := true;
-    else
-        execute format('select count(*) from %s', p_table) into row_count;
-        estimated := false;
+        return;
+    end if;
+    execute format('select count(*) from (select from %s limit %s) t', p_table, v_bound + 1) into row_count;
+    estimated := row_count > v_bound;
+    if estimated then
+        row_count := greatest(v_estimate::bigint, row_count);
     end if;
 end $$;
+
+-- The counting triggers of one embeddings table (see migration 0014): each write appends its
+-- deltas to vectorize.row_tally, in the writer's transaction, so the counts commit with the rows.
+create or replace function vectorize._tally_write() returns trigger
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+    if tg_op = 'INSERT' then
+        insert into vectorize.row_tally (relid, row_count, checked_rows, written)
+        select tg_relid, count(*) filter (where n.chunk = 0),
+               count(*) filter (where n.chunk = 0 and n.source_updated_at is distinct from '-infinity'),
+               count(*) filter (where n.chunk = 0)
+          from new_rows n having count(*) > 0;
+    elsif tg_op = 'UPDATE' then
+        insert into vectorize.row_tally (relid, row_count, checked_rows, written)
+        select tg_relid, 0, n.checked - o.checked, n.written
+          from (select count(*) filter (where chunk = 0 and source_updated_at is distinct from '-infinity') as checked,
+                       count(*) filter (where chunk = 0) as written from new_rows) n,
+               (select count(*) filter (where chunk = 0 and source_updated_at is distinct from '-infinity') as checked
+                  from old_rows) o
+         where n.written > 0 or n.checked <> o.checked;
+    else
+        insert into vectorize.row_tally (relid, row_count, checked_rows, written)
+        select tg_relid, -count(*) filter (where o.chunk = 0),
+               -count(*) filter (where o.chunk = 0 and o.source_updated_at is distinct from '-infinity'), 0
+          from old_rows o having count(*) filter (where o.chunk = 0) > 0;
+    end if;
+    return null;
+end $$;
+revoke execute on function vectorize._tally_write() from public;
+
+-- Put the counting triggers on an embeddings table that lacks them (a new one, or one made by
+-- an older release: counted once here, under the trigger's lock so no write slips between).
+create or replace function vectorize._install_tally(p_emb regclass) returns void
+language plpgsql as $$
+begin
+    if exists (select from pg_catalog.pg_trigger t where t.tgrelid = p_emb and t.tgname = 'tally_insert') then
+        return;
+    end if;
+    -- A table's OID can be one a dropped table had: its deltas are not this table's.
+    delete from vectorize.row_tally where relid = p_emb;
+    execute format('create trigger tally_insert after insert on %s referencing new table as new_rows
+                    for each statement execute function vectorize._tally_write()', p_emb);
+    execute format('create trigger tally_update after update on %s referencing old table as old_rows new table as new_rows
+                    for each statement execute function vectorize._tally_write()', p_emb);
+    execute format('create trigger tally_delete after delete on %s referencing old table as old_rows
+                    for each statement execute function vectorize._tally_write()', p_emb);
+    execute format('insert into vectorize.row_tally (relid, row_count, checked_rows, written)
+                    select %s, count(*), count(*) filter (where source_updated_at is distinct from ''-infinity''), 0
+                      from %s where chunk = 0', p_emb::oid, p_emb);
+end $$;
+
+-- An embeddings table's counts: rows, rows whose text is checked, rows written in the last
+-- minute, and when it was last written (null: not known). A table without the counting
+-- triggers (a failed job's, made by an older release) is counted by vectorize._row_count.
+create or replace function vectorize._tally(p_emb regclass, out row_count bigint, out checked_rows bigint,
+                                            out written_last_minute bigint, out last_written timestamptz)
+language plpgsql stable as $$
+begin
+    if p_emb is null then
+        return;
+    end if;
+    if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = p_emb and t.tgname = 'tally_insert') then
+        select c.row_count into row_count from vectorize._row_count(p_emb) c;
+        checked_rows := row_count;
+        written_last_minute := 0;
+        return;
+    end if;
+    select coalesce(sum(t.row_count), 0)::bigint, coalesce(sum(t.checked_rows), 0)::bigint,
+           coalesce(sum(t.written) filter (where t.at > now() - interval '1 minute'), 0)::bigint,
+           max(t.at) filter (where t.written > 0)
+      into row_count, checked_rows, written_last_minute, last_written
+      from vectorize.row_tally t where t.relid = p_emb;
+end $$;
+
+-- Fold each table's deltas older than two minutes into one row (housekeeping, every poll), and
+-- forget the tables that are gone.
+create or replace function vectorize.compact_tallies() returns void
+language sql as $$
+    delete from vectorize.row_tally t where not exists (select from pg_catalog.pg_class c where c.oid = t.relid);
+    with old as (
+        delete from vectorize.row_tally t
+         where t.at < now() - interval '2 minutes'
+           and t.relid in (select o.relid from vectorize.row_tally o where o.at < now() - interval '2 minutes'
+                            group by o.relid having count(*) > 1)
+        returning t.*)
+    insert into vectorize.row_tally (relid, row_count, checked_rows, written, at)
+    select o.relid, sum(o.row_count), sum(o.checked_rows), coalesce(sum(o.written), 0),
+           coalesce(max(o.at) filter (where o.written > 0), max(o.at))
+      from old o group by o.relid;
+$$;
 
 -- Mark a job failed with the reason, and drop its pending work: nothing will process it.
 -- The one path for every cause (a dropped source table, a dropped embedded column, a

@@ -310,8 +310,11 @@ begin
     if v_spare.id is not null then
         v_tables := v_tables || vectorize._embeddings_table(j.job_name, v_spare.generation);
     end if;
-    select string_agg(format('delete from %s e using old_rows o where e.%I = o.%I;', t, j.primary_key, j.primary_key), ' '),
-           string_agg(format('delete from %s;', t), ' ')
+    -- Each in a block of its own: a generation dropped while this statement waited for its table
+    -- (a build cancelled, a kept generation expiring) is simply gone, not a reason to fail the job.
+    select string_agg(format('begin delete from %s e using old_rows o where e.%I = o.%I; exception when undefined_table then null; end;',
+                             t, j.primary_key, j.primary_key), ' '),
+           string_agg(format('begin delete from %s; exception when undefined_table then null; end;', t), ' ')
       into v_delete, v_truncate
       from unnest(v_tables) t;
 
@@ -401,6 +404,8 @@ begin
                            'vectorize_' || j.job_name || v_trigger.suffix, v_capture);
         end loop;
     end loop;
+    -- The counting triggers, on tables made before they existed (new ones get them when created).
+    perform vectorize._install_tally(t::regclass) from unnest(v_tables) t;
     update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
 end $$;
 
@@ -433,10 +438,13 @@ declare
     v_changed boolean;
     t         record;
 begin
+    -- Jobs whose objects an older generator built, or whose rebuild a busy source put off.
+    perform vectorize._refresh_job_objects();
     for j in select * from vectorize.job where status = 'active' loop
         v_capture := to_regprocedure(format('vectorize.%I()', '_capture_' || j.job_name));
         continue when v_capture is null;
         v_changed := false;
+      begin
         for t in select distinct tg.tgrelid, tg.tgname from pg_catalog.pg_trigger tg
                   where tg.tgfoid = v_capture
                     and tg.tgrelid not in (select vectorize._tables_captured(j)) loop
@@ -454,6 +462,10 @@ begin
             perform pg_notify('vectorize', j.id::text);
             return next j.job_name;
         end if;
+      exception when lock_not_available then
+        -- A long transaction holds a partition: the next round (a poll interval later) tries again.
+        null;
+      end;
     end loop;
 end $$;
 
@@ -472,13 +484,18 @@ declare
     j vectorize.job;
     v_done int := 0;
 begin
+    -- Triggers are (re)installed on users' tables: never queue behind (and so ahead of) their work.
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
     for j in select * from vectorize.job
               where status = 'active' and objects_version is distinct from vectorize._objects_version()
               order by created_at loop
         begin
             perform vectorize._install_job_objects(j);
             v_done := v_done + 1;
-        exception when undefined_table or undefined_column then
+        exception when lock_not_available then
+            -- A long transaction holds the source: housekeeping (vectorize.sync_partitions) tries again.
+            raise notice 'the objects of job % were not rebuilt now: its source table is busy', j.job_name;
+        when undefined_table or undefined_column then
             -- The source broke while nothing watched it: the job cannot run any more.
             perform vectorize._fail_job(j.id, format('the source table changed under the job (%s); delete the job and create it again', sqlerrm));
         end;
@@ -507,6 +524,7 @@ begin
         vectorize._embeddings_table(p_job_name, p_generation), p_primary_key, p_pk_type, p_dimension, p_primary_key);
     -- Vectors inline, not TOASTed out of line beside a long tsvector (migration 0012 says why).
     execute format('alter table %s alter column embedding set storage main', vectorize._embeddings_table(p_job_name, p_generation));
+    perform vectorize._install_tally(vectorize._embeddings_table(p_job_name, p_generation)::regclass);
     if p_indexes then
         perform vectorize._index_embeddings_table(p_job_name, p_generation, p_primary_key);
     end if;

@@ -39,11 +39,10 @@ begin
     pending := pending_live + pending_backfill;
     select count(*) into failed_rows from vectorize.failure f where f.job_id = p_job_id;
     begin
+        select t.row_count, t.written_last_minute, t.last_written into embedded_rows, embedded_last_minute, last_activity
+          from vectorize._tally(vectorize._embeddings_table(j.job_name, j.generation)::regclass) t;
         select c.row_count, c.estimated into source_rows, source_rows_estimated
           from vectorize._row_count(vectorize._source(j)::regclass) c;
-        execute format('select count(*), count(*) filter (where updated_at > now() - interval ''1 minute''), max(updated_at)
-                          from %s', vectorize._embeddings_table(j.job_name, j.generation))
-           into embedded_rows, embedded_last_minute, last_activity;
     exception when undefined_table or undefined_column or insufficient_privilege then
         -- The source (or the job's table) is gone: report what is known.
         null;
@@ -67,15 +66,9 @@ begin
     foreach g in array array[j, vectorize._spare_job(j)] loop
         continue when g.id is null;
         v_state := case when g.generation = j.generation then 'serving' else v_spare.state end;
-        begin
-            -- Copies whose text is still to be checked ('-infinity', see vectorize._start_generation) are not done.
-            execute format('select count(*) filter (where chunk = 0 and source_updated_at is distinct from ''-infinity''),
-                                   count(*) filter (where chunk = 0 and updated_at > now() - interval ''1 minute'')
-                              from %s', vectorize._embeddings_table(g.job_name, g.generation))
-               into v_rows, v_recent;
-        exception when undefined_table then
-            v_rows := null;
-        end;
+        -- Copies whose text is still to be checked ('-infinity', see vectorize._start_generation) are not done.
+        select t.checked_rows, t.written_last_minute into v_rows, v_recent
+          from vectorize._tally(to_regclass(vectorize._embeddings_table(g.job_name, g.generation))) t;
         v_out := v_out || jsonb_build_object(
             'generation', g.generation, 'state', v_state, 'model', g.model, 'src_columns', g.src_columns,
             'update_time_col', g.update_time_col, 'chunking', g.chunking, 'chunk_tokens', g.chunk_tokens,
@@ -118,7 +111,7 @@ begin
         select count(*) into pending from vectorize.queue q where q.job_id = j.id;
         select count(*) into failed_rows from vectorize.failure f where f.job_id = j.id;
         v_emb := to_regclass(vectorize._embeddings_table(j.job_name, j.generation));
-        embedded_rows := case when v_emb is null then null else (select c.row_count from vectorize._row_count(v_emb) c) end;
+        embedded_rows := case when v_emb is null then null else (select t.row_count from vectorize._tally(v_emb) t) end;
         waiting_for_embedder := coalesce(j.paused_until > now(), false);
         foreach lane in array array['live', 'backfill'] loop
             select b.pending, b.oldest_seconds into lane_pending, oldest_seconds from vectorize._lane_backlog(j.id, lane) b;

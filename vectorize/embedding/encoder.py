@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from .errors import EmbeddingAborted
 
@@ -52,6 +52,30 @@ def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.no_padding()
     return tokenizer
+
+
+#: Characters of a long text tokenised first (per token the model reads): tokenising all of a
+#: 1 MB text to keep its first 256 tokens took 1.9 s; its first 16k characters take 17 ms.
+HEAD_CHARS_PER_TOKEN = 64
+
+
+def encode_truncated(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Encoding]:
+    """The truncating tokenizer's encodings of ``texts``, equal to ``encode_batch``'s, without
+    tokenising what truncation drops: a long text is tokenised by its head (cut at whitespace,
+    where pre-tokenisers split), and in full only when the head does not overflow the limit."""
+    truncation = tokenizer.truncation
+    limit = HEAD_CHARS_PER_TOKEN * truncation["max_length"] if truncation else 0
+    heads = list(texts)
+    for i, text in enumerate(texts):
+        if limit and len(text) > limit:
+            cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+            if cut > 0:
+                heads[i] = text[:cut]
+    encodings = tokenizer.encode_batch(heads, add_special_tokens=True)
+    for i, encoding in enumerate(encodings):
+        if heads[i] is not texts[i] and not encoding.overflowing:
+            encodings[i] = tokenizer.encode(texts[i], add_special_tokens=True)
+    return encodings
 
 
 class TokenCounter:
@@ -172,7 +196,7 @@ class Encoder:
         if hook is not None:
             for text in texts:
                 hook(text)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        encodings = encode_truncated(self.tokenizer, texts)
         lengths = [len(e.ids) for e in encodings]
 
         def run(batch: np.ndarray) -> None:
