@@ -124,19 +124,8 @@ select generation, model, chunking, chunk_tokens, chunk_overlap, serving from ve
 select pk, content, source_updated_at, stored_hashes from vectorize.read_rows(%(job_id)s, %(generation)s, %(pks)s);
 
 -- name: create_staging
--- One line per chunk of each row of a batch (see vectorize.apply_batch).
-create temp table if not exists vectorize_staging_chunks (
-    pk                text not null,
-    chunk             int not null,
-    embedding         vector,
-    content           text,
-    content_hash      bytea,
-    chunk_start       int,
-    chunk_end         int,
-    chunks            int not null,
-    source_updated_at timestamptz,
-    version           bigint not null
-) on commit delete rows;
+-- One line per chunk of each row of a batch (03_worker.sql).
+select vectorize.create_staging();
 
 -- name: clear_staging
 -- A batch writes each generation of its job in turn through the same staging table.
@@ -276,12 +265,22 @@ select id, generation, src_schema, src_table, src_columns, primary_key, update_t
   from vectorize.job where job_name = %(job_name)s;
 
 -- name: set_search_settings
--- A job's search settings from a create or redefine request (checked by the job trigger).
-update vectorize.job set return_columns = %(return_columns)s::text[], ef_search = %(ef_search)s::int,
-       hnsw_m = %(hnsw_m)s::int, hnsw_ef_construction = %(hnsw_ef_construction)s::int
- where job_name = %(job_name)s
-   and (return_columns, ef_search, hnsw_m, hnsw_ef_construction)
-       is distinct from (%(return_columns)s::text[], %(ef_search)s::int, %(hnsw_m)s::int, %(hnsw_ef_construction)s::int);
+-- A job's search settings from a create or redefine request (checked by the job trigger); a
+-- setting the request leaves out (set_<name> false) keeps its value.
+with wanted as (
+    select case when %(set_return_columns)s then %(return_columns)s::text[] else j.return_columns end as return_columns,
+           case when %(set_ef_search)s then %(ef_search)s::int else j.ef_search end as ef_search,
+           case when %(set_hnsw_m)s then %(hnsw_m)s::int else j.hnsw_m end as hnsw_m,
+           case when %(set_hnsw_ef_construction)s then %(hnsw_ef_construction)s::int else j.hnsw_ef_construction end
+               as hnsw_ef_construction
+      from vectorize.job j where j.job_name = %(job_name)s)
+update vectorize.job j
+   set return_columns = w.return_columns, ef_search = w.ef_search, hnsw_m = w.hnsw_m,
+       hnsw_ef_construction = w.hnsw_ef_construction
+  from wanted w
+ where j.job_name = %(job_name)s
+   and (j.return_columns, j.ef_search, j.hnsw_m, j.hnsw_ef_construction)
+       is distinct from (w.return_columns, w.ef_search, w.hnsw_m, w.hnsw_ef_construction);
 
 -- name: hnsw_rebuilds
 select job_name, generation, m, ef_construction, statements from vectorize.hnsw_rebuilds();
@@ -312,3 +311,28 @@ select pg_catalog.set_config('lock_timeout', %(timeout)s, true);
 -- name: compact_tallies
 -- Fold the embeddings tables' old count deltas into one row each (01_helpers.sql).
 select vectorize.compact_tallies();
+
+-- name: pin_search_path
+-- Every connection of the daemon's resolves names in pg_catalog only (see vectorize/db.py).
+select pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false);
+
+-- name: vector_schema
+-- pgvector's schema, quoted: written into the function files where they name its objects.
+select pg_catalog.quote_ident(n.nspname) as name
+  from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
+ where e.extname = 'vector';
+
+-- name: vector_type
+-- pgvector's type, schema-qualified, to adapt it without looking it up on the search_path.
+select pg_catalog.format('%I.vector', n.nspname) as name
+  from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
+ where e.extname = 'vector';
+
+-- name: act_as
+-- For this transaction only: run as the API caller's role (its token's), so its privileges and
+-- row-level security apply. The daemon must be a member of that role (GRANT role TO daemon).
+select pg_catalog.set_config('role', %(role)s, true);
+
+-- name: readable_jobs
+-- The jobs whose source table a role may read (the daemon asks, on the role's behalf).
+select j.job_name from vectorize.job j where pg_catalog.has_any_column_privilege(%(role)s, j.src_relid, 'SELECT');

@@ -135,3 +135,57 @@ def test_a_role_that_may_redefine_jobs_cannot_set_what_vectorize_derives(app_rol
         k: before[k] for k in (column, "pk_type", "src_relid", "status")
     }
     assert conn.execute("select count(*) as n from vectorize.generation").fetchone()["n"] == 0
+
+
+SHADOWS = """
+create table public.loot (secret text);
+create function public.format(text, text) returns text language plpgsql as
+    $$ begin insert into public.loot select s::text from hr.secret s; return pg_catalog.format($1, $2); end $$;
+create function public.concat_ws(text, text, text) returns text language plpgsql as
+    $$ begin insert into public.loot select s::text from hr.secret s; return pg_catalog.concat_ws($1, $2, $3); end $$;
+create function public.to_tsvector(text, text) returns tsvector language plpgsql as
+    $$ begin insert into public.loot select s::text from hr.secret s; return pg_catalog.to_tsvector($1::regconfig, $2); end $$;
+"""
+
+
+async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, products, api, start_worker, db_url) -> None:
+    """CVE-2018-1058's pattern: a role that may create in ``public`` defines better-matching
+    overloads of built-ins our SQL calls. Nothing of the daemon's (a live batch, an API search, a
+    psql user's vectorize.search()) may ever run them: their rights are not ours."""
+    from .helpers import create_job
+
+    conn.execute("create schema hr")
+    conn.execute("create table hr.secret (salary int)")
+    conn.execute("insert into hr.secret values (250000)")
+    conn.execute("drop role if exists vz_shadow")
+    conn.execute("create role vz_shadow login")
+    conn.execute("grant usage, create on schema public to vz_shadow")
+    conn.execute("grant usage on schema vectorize to vz_shadow")
+    conn.execute("grant select on vectorize.job to vz_shadow")
+    try:
+        create_job(conn)
+        start_worker()
+        await wait_until(lambda: conn.execute("select count(*) as n from vectorize._embeddings_my_job").fetchone()["n"] == 40)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(db_url, user="vz_shadow"), autocommit=True) as shadow:
+            shadow.execute(SHADOWS)
+            conn.execute("grant insert on public.loot to public")  # so that any victim's call could write it
+        conn.execute("update my_products set description = 'a changed text' where product_id = 1")
+        await wait_until(
+            lambda: conn.execute(
+                "select count(*) as n from vectorize._embeddings_my_job e join my_products p using (product_id)"
+                " where e.fts @@ to_tsquery('english', 'changed')"
+            ).fetchone()["n"]
+            == 1
+        )
+        response = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "camping gear"})
+        assert response.status == 200 and len(await response.json()) > 0
+        # A psql user's own call, with the default search_path ("$user", public).
+        rows = conn.execute(
+            "select count(*) as n from vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1),"
+            " 5, '{}', 'camping')"
+        ).fetchone()
+        assert rows["n"] == 5
+        assert conn.execute("select count(*) as n from public.loot").fetchone()["n"] == 0
+    finally:
+        conn.execute("drop owned by vz_shadow cascade")
+        conn.execute("drop role vz_shadow")

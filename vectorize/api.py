@@ -6,9 +6,9 @@ routes, wrong methods, oversized bodies and a database that is away.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ import psycopg_pool
 from aiohttp import web
 
 from . import jobs, metrics, search
+from .access import DAEMON, Principal, Tokens, is_loopback, load_tokens
 from .config import Settings
 from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
@@ -34,6 +35,8 @@ POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool)
 CATALOG = web.AppKey("catalog", ModelCatalog)
 QUERIES = web.AppKey("queries", QueryEmbedder)
 SETTINGS = web.AppKey("settings", Settings)
+#: The caller's rights (vectorize/access.py), set by the auth middleware.
+PRINCIPAL = "vectorize.principal"
 #: Response header of a search that asked for wait_for_sync: "true" when every change
 #: committed before the request was embedded in time, "false" when the wait ran out.
 FRESH_HEADER = "X-Vectorize-Fresh"
@@ -82,34 +85,82 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("event=database_unavailable path=%s error=%s", request.path, type(exc).__name__)
         return _error(503, "the database is unavailable; retry shortly")
     except EmbedderUnavailable as exc:
+        # The detail (a remote API's URL and answer) goes to the log, never to the client.
         log.warning("event=embedder_unavailable path=%s error=%r", request.path, str(exc))
-        return _error(503, f"the job's embedding model is unavailable; retry shortly ({exc})")
+        return _error(503, "the job's embedding model is unavailable; retry shortly")
     except Exception:
         request_id = uuid.uuid4().hex[:12]
         log.exception("event=internal_error request=%s path=%s", request_id, request.path)
         return _error(500, f"internal error; see the server log for request {request_id}")
 
 
-def auth_middleware(token: str | None) -> Any:
+def auth_middleware(tokens: Tokens) -> Any:
+    """Find the caller's rights from its bearer token (see vectorize/access.py)."""
+
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is None or request.path == "/health/live":
+        if request.path == "/health/live":
             return await handler(request)
-        supplied = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}"
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
-            return _error(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <VECTORIZE_API_TOKEN>'")
+        principal = tokens.principal(request.headers.get("Authorization", ""))
+        if principal is None:
+            return _error(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'")
+        request[PRINCIPAL] = principal
         return await handler(request)
 
     return check_token
 
 
+def boundary_middleware(settings: Settings) -> Any:
+    """What reaches a handler came from where it should: a Host this API serves (a page that
+    rebinds its own DNS name to 127.0.0.1 sends its own name), a JSON body declared as JSON (a
+    cross-site form or fetch cannot send application/json without the browser asking first), and
+    no NUL in the path (PostgreSQL text cannot hold it)."""
+    allowed = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+    check_host = bool(allowed) or is_loopback(settings.host)
+    allowed |= {settings.host.lower(), "localhost", "127.0.0.1", "[::1]", "::1"}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if check_host:
+            host = (request.host or "").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in allowed:
+                return _error(421, f"this API does not serve the host {name!r}; add it to VECTORIZE_ALLOWED_HOSTS")
+        if "\x00" in request.path:
+            return _error(400, "the path contains a NUL character")
+        if request.method in ("POST", "PUT", "PATCH") and request.can_read_body:
+            kind = request.content_type
+            if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+                return _error(415, f"send the body as JSON, with 'Content-Type: application/json' (got {kind!r})")
+        return await handler(request)
+
+    return check
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is too large")
+    return value
+
+
 async def _json_body(request: web.Request) -> Any:
+    """The body as JSON: strict (no NaN, Infinity or overflowing numbers), any nesting refused
+    with a 400 rather than a crash."""
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(400, f"the request body is not valid JSON: {exc}") from None
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise UserError(400, f"the request body is not valid JSON: {message}") from None
+
+
+def _principal(request: web.Request) -> Principal:
+    return request.get(PRINCIPAL, DAEMON)
 
 
 def _dry_run(request: web.Request) -> bool:
@@ -122,9 +173,11 @@ def _dry_run(request: web.Request) -> bool:
 async def create_table(request: web.Request) -> web.Response:
     dry_run = _dry_run(request)
     definition = jobs.parse_job_definition(await _json_body(request))
+    principal = _principal(request)
+    principal.require_manage(definition["job_name"])
     if dry_run:
         return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=False))
-    job_id = await jobs.create_job(request.app[POOL], definition)
+    job_id = await jobs.create_job(request.app[POOL], definition, principal.role)
     return web.json_response({"id": job_id})
 
 
@@ -140,29 +193,41 @@ async def redefine_table(request: web.Request) -> web.Response:
             )
         body = {**body, "job_name": job_name}
     definition = jobs.parse_job_definition(body)
+    principal = _principal(request)
+    principal.require_manage(job_name)
     if dry_run:
         return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=True))
-    answer = await jobs.redefine_job(request.app[POOL], definition, request.app[SETTINGS].generation_keep_seconds)
+    keep = request.app[SETTINGS].generation_keep_seconds
+    answer = await jobs.redefine_job(request.app[POOL], definition, keep, principal.role)
     return web.json_response(answer, status=202 if answer["action"] == "building" else 200)
 
 
 async def rollback_table(request: web.Request) -> web.Response:
     job_name = request.match_info["job_name"]
+    principal = _principal(request)
+    principal.require_manage(job_name)
     keep = request.app[SETTINGS].generation_keep_seconds
-    return web.json_response(await jobs.rollback_job(request.app[POOL], job_name, keep))
+    return web.json_response(await jobs.rollback_job(request.app[POOL], job_name, keep, principal.role))
 
 
 async def list_tables(request: web.Request) -> web.Response:
-    return web.json_response(await jobs.list_jobs(request.app[POOL]))
+    principal = _principal(request)
+    listed = await jobs.list_jobs(request.app[POOL], principal.role)
+    return web.json_response([job for job in listed if principal.may_see(job["job_name"])])
 
 
 async def show_table(request: web.Request) -> web.Response:
-    return web.json_response(await jobs.show_job(request.app[POOL], request.match_info["job_name"]))
+    job_name = request.match_info["job_name"]
+    principal = _principal(request)
+    principal.require_job(job_name)
+    return web.json_response(await jobs.show_job(request.app[POOL], job_name, role=principal.role))
 
 
 async def delete_table(request: web.Request) -> web.Response:
     job_name = request.match_info["job_name"]
-    await jobs.delete_job(request.app[POOL], job_name)
+    principal = _principal(request)
+    principal.require_manage(job_name)
+    await jobs.delete_job(request.app[POOL], job_name, principal.role)
     return web.json_response({"job_name": job_name, "message": f"job {job_name} and its embeddings were deleted"})
 
 
@@ -196,6 +261,8 @@ def _search_args(params: dict[str, Any]) -> tuple[SearchArgs, dict[str, Any]]:
 async def _search_response(request: web.Request, args: SearchArgs, filters: dict) -> web.Response:
     """Wait for the job to catch up when asked (read-your-writes), then search."""
     pool = request.app[POOL]
+    principal = _principal(request)
+    principal.require_job(args.job_name)
     fresh = None if args.wait is None else await search.wait_until_synced(pool, args.job_name, args.wait)
     answer = await search.search(
         pool,
@@ -207,6 +274,7 @@ async def _search_response(request: web.Request, args: SearchArgs, filters: dict
         args.ranking,
         args.return_columns,
         args.ef_search,
+        role=principal.role,
     )
     response = web.Response(text=answer.json_array(), content_type="application/json")
     response.headers[GENERATION_HEADER] = str(answer.generation)
@@ -287,10 +355,15 @@ async def health_ready(request: web.Request) -> web.Response:
 HTTP_PARSER_LIMITS = {"max_line_size": 65536, "max_field_size": 65536}
 
 
+def api_tokens(settings: Settings) -> Tokens:
+    """The tokens the API accepts, from VECTORIZE_API_TOKEN and the VECTORIZE_API_TOKENS file."""
+    return Tokens(settings.api_token, load_tokens(settings.api_tokens) if settings.api_tokens else None)
+
+
 def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, catalog: ModelCatalog) -> web.Application:
     """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, auth_middleware(settings.api_token)],
+        middlewares=[metrics_middleware, error_middleware, boundary_middleware(settings), auth_middleware(api_tokens(settings))],
         client_max_size=settings.max_body_bytes,
     )
     app[POOL] = pool

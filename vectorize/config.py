@@ -50,7 +50,18 @@ class Settings:
     )
     host: str = _setting("127.0.0.1", "API bind address")
     port: int = _setting(8080, "API port")
-    api_token: str | None = _setting(None, "require 'Authorization: Bearer <token>' on the API (all but /health/live)")
+    api_token: str | None = _setting(
+        None, "require 'Authorization: Bearer <token>' on the API (all but /health/live); requests run with the daemon's rights"
+    )
+    api_tokens: Path | None = _setting(
+        None, 'JSON file of tokens, each run as a PostgreSQL role: {"<token>": {"role": "app", "jobs": [...], "manage": false}}'
+    )
+    allowed_hosts: str = _setting(
+        "", "comma-separated Host header names the API answers besides its bind address and localhost (DNS rebinding)"
+    )
+    allow_unauthenticated: bool = _setting(
+        False, "serve a non-loopback VECTORIZE_HOST with no token (anyone who reaches it has the daemon's rights)"
+    )
     # Live changes are claimed in small batches: a change of another job waits behind at
     # most one of them. Inference itself is shared by priority (embedding/encoder.py).
     batch_size: int = _setting(64, "rows (chunks, for long rows) per live-change batch")
@@ -118,10 +129,15 @@ def environment_help() -> str:
 
 
 _KINDS: dict[str, type] = {"Path": Path, "int": int, "float": float}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _parse(name: str, annotation: object, raw: str) -> object:
     text = str(annotation).replace(" | None", "")
+    if text == "bool":
+        if raw.lower() not in _BOOLEANS:
+            raise ValueError(f"{env_name(name)}={raw!r} is not true or false")
+        return _BOOLEANS[raw.lower()]
     kind = _KINDS.get(text, str)
     try:
         return kind(raw)

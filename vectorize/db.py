@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
-from pgvector.psycopg import register_vector_async
+from pgvector.psycopg.vector import register_vector_info
 from psycopg.rows import dict_row
+from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool
 
 from .embedding.catalog import ModelInfo
+from .errors import UserError
 from .queries import function_files, migration_files, query
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,64 @@ def ensure_pgvector(conn: psycopg.Connection) -> None:
         ) from exc
 
 
+def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection of the daemon's, with the session settings every one of them has (pin_session)."""
+    conn = psycopg.connect(database_url, **kwargs)
+    try:
+        pin_session(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def connect_async(database_url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """The same for asyncio: vector values adapted, the session pinned."""
+    conn = await psycopg.AsyncConnection.connect(database_url, **kwargs)
+    try:
+        await _configure_async(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def pin_session(conn: psycopg.Connection[Any]) -> None:
+    """Resolve names only in pg_catalog (then pg_temp): a function or operator that a SQL user
+    creates in ``public`` (or any schema on the default path) with a better-matching signature
+    would otherwise run, as the daemon, inside our queries. Everything of ours is qualified."""
+    conn.execute(query("pin_search_path"))
+    if not conn.autocommit:
+        conn.commit()
+
+
+async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Adapt pgvector's type by its schema-qualified name (found in the extension's catalog row,
+    not on the search_path), then pin the search_path."""
+    row = await (await conn.execute(query("vector_type"))).fetchone()
+    if row is not None:  # before the first migration there may be no pgvector yet
+        name = row["name"] if isinstance(row, dict) else row[0]
+        info = await TypeInfo.fetch(conn, name)
+        if info is not None:
+            register_vector_info(conn, info)
+    await conn.execute(query("pin_search_path"))
+    if not conn.autocommit:
+        await conn.commit()
+
+
+async def act_as(conn: psycopg.AsyncConnection[Any], role: str | None) -> None:
+    """Run the rest of this transaction as ``role`` (None: as the daemon). A role that does not
+    exist, or that the daemon is not a member of, is the token's configuration error: a 403."""
+    if role is None:
+        return
+    try:
+        await conn.execute(query("act_as"), {"role": role})
+    except (psycopg.errors.InvalidParameterValue, psycopg.errors.InsufficientPrivilege) as exc:
+        raise UserError(
+            403, f"this token's role {role!r} does not exist or vectorize may not act as it (GRANT {role} TO <daemon role>)"
+        ) from exc
+
+
 def migrate(database_url: str) -> list[str]:
     """Bring the schema up to date in one transaction; returns the migrations it applied.
 
@@ -58,19 +119,23 @@ def migrate(database_url: str) -> list[str]:
     queue behind, and deadlock with, psql sessions reading vectorize.job_status."""
     with psycopg.connect(database_url) as conn:
         ensure_pgvector(conn)
+        row = conn.execute(query("vector_schema")).fetchone()
+        assert row is not None
+        vector_schema = row[0]
         conn.commit()
+        pin_session(conn)
         with conn.transaction():
             conn.execute(query("lock_migrations"))
             conn.execute(query("create_migrations_table"))
             done = {row[0] for row in conn.execute(query("applied_migrations"))}
             applied = []
-            for name, body in migration_files():
+            for name, body in migration_files(vector_schema):
                 if name in done:
                     continue
                 conn.execute(body.encode())  # type: ignore[call-overload]
                 conn.execute(query("record_migration"), {"name": name})
                 applied.append(name)
-            functions = function_files()
+            functions = function_files(vector_schema)
             digest = "functions:" + hashlib.sha256("".join(n + b for n, b in functions).encode()).hexdigest()
             if applied or conn.execute(query("functions_applied"), {"name": digest}).fetchone() is None:
                 for _, body in functions:
@@ -104,9 +169,9 @@ def publish_models(conn: psycopg.Connection, models: list[ModelInfo]) -> None:
 
 def _configurer(statement_timeout: float | None) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:
     async def configure(conn: psycopg.AsyncConnection) -> None:
-        await register_vector_async(conn)
         # Keep the pool's idle connections out of a transaction.
         await conn.set_autocommit(True)
+        await _configure_async(conn)
         if statement_timeout:
             await conn.execute(query("set_statement_timeout"), {"timeout": f"{int(statement_timeout * 1000)}ms"})
 

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from .db import act_as
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
 
@@ -76,6 +77,8 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
             reject_nul(field, value)
         definition[field] = value
     for field, (kind, default) in {**CHUNK_FIELDS, **SEARCH_FIELDS}.items():
+        if field in SEARCH_FIELDS and field not in body:
+            continue  # kept as the job has it (a re-POST or a PUT never resets return_columns silently)
         value = body.get(field, default)
         if kind is list and value is not None:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -93,8 +96,9 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     return definition
 
 
-async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> str:
-    """Insert the job (the trigger validates and builds its objects); returns its id."""
+async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any], role: str | None = None) -> str:
+    """Insert the job (the trigger validates and builds its objects), as ``role`` (None: the
+    daemon): the trigger checks that role may read the table. Returns the job's id."""
     params = with_defaults(definition)
 
     async def create(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
@@ -102,7 +106,7 @@ async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any]) -> s
         await conn.execute(query("set_search_settings"), params)
         return row
 
-    row = await _politely(pool, params["job_name"], "created", create)
+    row = await _politely(pool, params["job_name"], "created", create, role)
     assert row is not None
     return str(row["id"])
 
@@ -112,7 +116,13 @@ DEFINITION = (*JOB_FIELDS, *CHUNK_FIELDS)
 
 
 def with_defaults(definition: dict[str, Any]) -> dict[str, Any]:
-    return {**{field: default for field, (_, default) in {**CHUNK_FIELDS, **SEARCH_FIELDS}.items()}, **definition}
+    """The definition with every chunking default filled in, and for each search setting whether
+    the request sets it (``set_<field>``): one it leaves out keeps the job's value."""
+    params = {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
+    for field, (_, default) in SEARCH_FIELDS.items():
+        params[f"set_{field}"] = field in definition
+        params.setdefault(field, default)
+    return params
 
 
 def same_definition(row: dict[str, Any], definition: dict[str, Any]) -> bool:
@@ -128,7 +138,9 @@ async def job_definition(pool: AsyncConnectionPool, job_name: str) -> dict[str, 
     return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SEARCH_FIELDS) if f != "job_name"}}
 
 
-async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], keep_seconds: float) -> dict[str, Any]:
+async def redefine_job(
+    pool: AsyncConnectionPool, definition: dict[str, Any], keep_seconds: float, role: str | None = None
+) -> dict[str, Any]:
     """Change a job's definition online (the UPDATE a psql user would write): a new generation is
     built beside the serving one and switched to when complete. The serving definition again
     cancels a build in progress. ``action`` in the answer: building, unchanged or cancelled."""
@@ -162,16 +174,16 @@ async def redefine_job(pool: AsyncConnectionPool, definition: dict[str, Any], ke
             f"generation {current['generation']} serves until it is complete",
         }
 
-    return await _politely(pool, job_name, "redefined", redefine)
+    return await _politely(pool, job_name, "redefined", redefine, role)
 
 
-async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: float) -> dict[str, Any]:
+async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: float, role: str | None = None) -> dict[str, Any]:
     """Cancel a build in progress, or switch back to the previous generation (instantly)."""
 
     async def rollback(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
         return await (await conn.execute(query("rollback_job"), {"job_name": job_name, "keep_seconds": keep_seconds})).fetchone()
 
-    row = await _politely(pool, job_name, "switched", rollback)
+    row = await _politely(pool, job_name, "switched", rollback, role)
     assert row is not None
     messages = {
         "cancelled": f"the build in progress was cancelled; generation {row['generation']} keeps serving",
@@ -193,15 +205,20 @@ SOURCE_LOCK_TIMEOUT, SOURCE_LOCK_TRIES, SOURCE_LOCK_RETRY_PAUSE = "500ms", 8, 0.
 
 
 async def _politely(
-    pool: AsyncConnectionPool, job_name: str, action: str, work: Callable[[AsyncConnection[Any]], Awaitable[T]]
+    pool: AsyncConnectionPool,
+    job_name: str,
+    action: str,
+    work: Callable[[AsyncConnection[Any]], Awaitable[T]],
+    role: str | None = None,
 ) -> T:
-    """Run ``work`` in a transaction that waits for locks at most SOURCE_LOCK_TIMEOUT, retrying
-    SOURCE_LOCK_TRIES times; then a 409 that says why, with nothing changed."""
+    """Run ``work`` as ``role`` in a transaction that waits for locks at most SOURCE_LOCK_TIMEOUT,
+    retrying SOURCE_LOCK_TRIES times; then a 409 that says why, with nothing changed."""
     for attempt in range(1, SOURCE_LOCK_TRIES + 1):
         try:
             with database_errors():
                 async with pool.connection() as conn, conn.transaction():
                     await conn.execute(query("set_lock_timeout"), {"timeout": SOURCE_LOCK_TIMEOUT})
+                    await act_as(conn, role)
                     return await work(conn)
         except psycopg.errors.LockNotAvailable:
             if attempt == SOURCE_LOCK_TRIES:
@@ -214,14 +231,14 @@ async def _politely(
     raise AssertionError("unreachable")
 
 
-async def delete_job(pool: AsyncConnectionPool, job_name: str) -> None:
+async def delete_job(pool: AsyncConnectionPool, job_name: str, role: str | None = None) -> None:
     """Delete the job and everything it built; 404 if there is no such job, 409 if its source table
     stayed busy (a long transaction holds it) through every try."""
 
     async def delete(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
         return await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
 
-    if await _politely(pool, job_name, "deleted", delete) is None:
+    if await _politely(pool, job_name, "deleted", delete, role) is None:
         raise UserError(404, f"job {job_name!r} does not exist")
 
 
@@ -236,10 +253,19 @@ def _status_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def list_jobs(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+async def list_jobs(pool: AsyncConnectionPool, role: str | None = None) -> list[dict[str, Any]]:
+    """Every job's status; for a ``role``, only the jobs whose source it may read."""
     async with pool.connection() as conn:
         rows = await (await conn.execute(query("job_status_all"))).fetchall()
-    return [_status_row(r) for r in rows]
+        readable = None if role is None else await _readable(conn, role)
+    return [_status_row(r) for r in rows if readable is None or r["job_name"] in readable]
+
+
+async def _readable(conn: AsyncConnection[Any], role: str) -> set[str]:
+    try:
+        return {r["job_name"] for r in await (await conn.execute(query("readable_jobs"), {"role": role})).fetchall()}
+    except psycopg.errors.UndefinedObject as exc:
+        raise UserError(403, f"this token's role {role!r} does not exist") from exc
 
 
 async def job_gauges(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
@@ -257,8 +283,13 @@ async def job_status(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]
     return _status_row(row)
 
 
-async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10) -> dict[str, Any]:
-    """``job_status`` plus the job's most recent failures."""
+async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10, role: str | None = None) -> dict[str, Any]:
+    """``job_status`` plus the job's most recent failures; for a ``role`` that may not read the
+    job's source, 404 as if there were no such job."""
+    if role is not None:
+        async with pool.connection() as conn:
+            if job_name not in await _readable(conn, role):
+                raise UserError(404, f"job {job_name!r} does not exist")
     status = await job_status(pool, job_name)
     async with pool.connection() as conn:
         failures = await (await conn.execute(query("job_failures"), {"job_id": status["id"], "limit": errors})).fetchall()

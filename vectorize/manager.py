@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from .db import connect_async
 from .queries import query
 from .scheduler import Lane
 
@@ -230,7 +231,7 @@ class JobManager:
         keeps two workers from building the same one. Returns (job, generation, m,
         ef_construction) of each index rebuilt."""
         if self._index_conn is None or self._index_conn.closed or self._index_conn.broken:
-            self._index_conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+            self._index_conn = await connect_async(self.database_url, autocommit=True)
         conn = self._index_conn
         rebuilt = []
         for row in await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
@@ -254,7 +255,7 @@ class JobManager:
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yield once after (re)connecting, then once per NOTIFY on the vectorize channel."""
-        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        conn = await connect_async(self.database_url, autocommit=True)
         async with conn:
             await conn.execute(query("listen"))
             yield None

@@ -25,11 +25,23 @@ def query(name: str) -> sql.SQL:
     return sql.SQL(_load()[name])  # type: ignore[arg-type]
 
 
-def migration_files() -> list[tuple[str, str]]:
-    """Numbered migrations in order, as (file name, SQL): tables, columns, indexes, data; run once each."""
-    return [(p.name, p.read_text()) for p in sorted((SQL_DIR / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+#: Written in the SQL files wherever a pgvector object is named (its type, operator class,
+#: operator): replaced by the schema pgvector is installed in, quoted. Our functions run with
+#: ``search_path = pg_catalog, pg_temp``, so nothing of a schema others may write to is ever
+#: found by its bare name (the CVE-2018-1058 pattern). PostgreSQL's own spelling in extensions.
+VECTOR_SCHEMA = "@extschema:vector@"
 
 
-def function_files() -> list[tuple[str, str]]:
-    """Functions, triggers and views in order, as (file name, SQL): re-applied whenever they change."""
-    return [(p.name, p.read_text()) for p in sorted((SQL_DIR / "functions").glob("*.sql"))]
+def migration_files(vector_schema: str) -> list[tuple[str, str]]:
+    """Numbered migrations in order, as (file name, SQL): tables, columns, indexes, data; run once
+    each. ``vector_schema`` as for function_files."""
+    return [
+        (p.name, p.read_text().replace(VECTOR_SCHEMA, vector_schema))
+        for p in sorted((SQL_DIR / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    ]
+
+
+def function_files(vector_schema: str) -> list[tuple[str, str]]:
+    """Functions, triggers and views in order, as (file name, SQL): re-applied whenever they change.
+    ``vector_schema``: pgvector's schema, already quoted (by the server's ``quote_ident``)."""
+    return [(p.name, p.read_text().replace(VECTOR_SCHEMA, vector_schema)) for p in sorted((SQL_DIR / "functions").glob("*.sql"))]

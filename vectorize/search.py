@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
+from .db import act_as
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
 from .query_embedding import QueryEmbedder
@@ -146,11 +147,13 @@ async def search(
     ranking: dict[str, float] | None = None,
     return_columns: list[str] | None = None,
     ef_search: int | None = None,
+    role: str | None = None,
 ) -> Answer:
     """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL).
     The query is embedded with the serving generation's model and ranked in that generation, even
     if a switch commits in between (the generation it replaced is kept); should that generation be
-    gone by then (dropped by another redefinition), the search is asked again once."""
+    gone by then (dropped by another redefinition), the search is asked again once. ``role``: the
+    caller's PostgreSQL role; its privileges and row-level security decide what is returned."""
     reject_nul("job_name", job_name)
     reject_nul("query", text)
     for key, value in (filters or {}).items():
@@ -162,7 +165,7 @@ async def search(
         for attempt in (1, 2):
             try:
                 with database_errors():
-                    return await _search_once(pool, queries, job_name, text, limit, filters, options)
+                    return await _search_once(pool, queries, job_name, text, limit, filters, options, role)
             except UserError as exc:
                 if exc.status != 409 or "no longer exists" not in exc.message or attempt == 2:
                     raise
@@ -177,6 +180,7 @@ async def _search_once(
     limit: int,
     filters: dict[str, Any] | None,
     options: dict[str, Any],
+    role: str | None,
 ) -> Answer:
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
@@ -186,7 +190,8 @@ async def _search_once(
     # connection: a slow remote embedder must not hold the pool. The generation read above is
     # the one ranked, even if a switch commits meanwhile (the replaced one is kept a while).
     vector = await queries.embed(row["model"], text) if options["semantic_wt"] > 0 else None
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        await act_as(conn, role)
         cur = await conn.execute(
             query("search"),
             {

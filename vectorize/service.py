@@ -19,9 +19,10 @@ import psycopg
 from aiohttp import web
 
 from . import systemd
-from .api import HTTP_PARSER_LIMITS, create_app
+from .access import check_exposure
+from .api import HTTP_PARSER_LIMITS, api_tokens, create_app
 from .config import Settings
-from .db import make_pool, migrate, publish_models
+from .db import connect, make_pool, migrate, publish_models
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
 from .embedding.errors import EmbedderUnavailable
 from .embedding.tuning import Tuner, TuningStore
@@ -78,7 +79,7 @@ def prepare_database(
         return settings, {}
     migrate(settings.database_url)
     models, unavailable = catalog.available()
-    with psycopg.connect(settings.database_url) as conn:
+    with connect(settings.database_url) as conn:
         publish_models(conn, models)
     return settings, unavailable
 
@@ -104,7 +105,7 @@ async def publish_when_reachable(settings: Settings, catalog: ModelCatalog, name
 
 
 def _publish(database_url: str, info: ModelInfo) -> None:
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         publish_models(conn, [info])
 
 
@@ -189,6 +190,8 @@ async def serve(
 def run(settings: Settings, *, api: bool, worker: bool) -> int:
     catalog = model_catalog(settings)
     try:
+        if api:  # before anything starts: a misconfigured token file or an open API is a start-up error
+            check_exposure(settings.host, api_tokens(settings), settings.allow_unauthenticated)
         settings, unavailable = prepare_database(settings, catalog)
     except Exception as exc:  # start-up failure: say what and exit non-zero
         print(f"vectorize: cannot start: {exc}", file=sys.stderr)

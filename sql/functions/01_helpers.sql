@@ -38,7 +38,7 @@ $$;
 -- (src_columns, update_time_col, model, dimension, chunking) and number. Null generation:
 -- the serving one. Raises VZ409 when the generation no longer exists (switched out and dropped).
 create or replace function vectorize._generation_job(p_job_id uuid, p_generation int default null) returns vectorize.job
-language plpgsql stable as $$
+language plpgsql stable security definer as $$
 declare
     j vectorize.job;
     g vectorize.generation;
@@ -77,6 +77,19 @@ end $$;
 create or replace function vectorize._spare_job(j vectorize.job) returns vectorize.job
 language sql stable as $$
     select vectorize._with_definition(j, g) from vectorize.generation g where g.job_id = j.id
+$$;
+
+-- The key's type as a job's embeddings tables hold it (its source's, when they do not exist yet),
+-- rendered from the catalog by format_type: schema-qualified under our pinned search_path, and
+-- never text that a session could have written into vectorize.job (pk_type there is for people).
+create or replace function vectorize._pk_type(j vectorize.job) returns text
+language sql stable as $$
+    select coalesce(
+        (select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+          where a.attrelid = pg_catalog.to_regclass(vectorize._embeddings_table(j.job_name, j.generation))
+            and a.attname = j.primary_key and not a.attisdropped),
+        (select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+          where a.attrelid = j.src_relid and a.attname = j.primary_key and not a.attisdropped))
 $$;
 
 -- How many rows a table has: exact up to 10,000 rows, the planner's estimate above that
@@ -229,8 +242,10 @@ language sql stable as $$
       from unnest(j.src_columns) with ordinality as u(c, ord)
 $$;
 
+-- SECURITY DEFINER (like vectorize._generation_job): a role that searches through
+-- vectorize.search() needs no privilege on vectorize.job itself.
 create or replace function vectorize._job_by_name(p_job_name text) returns vectorize.job
-language plpgsql stable as $$
+language plpgsql stable security definer as $$
 declare
     j vectorize.job;
 begin
@@ -243,7 +258,7 @@ end $$;
 
 -- Is the current role vectorize's own: the owner of its tables, or a member of that role (the
 -- daemon, or the DBA who set it up)? Only such a role may set the columns of vectorize.job that
--- vectorize derives or keeps (pk_type is spliced into the SQL the daemon runs), or skip the
+-- vectorize derives or keeps (src_relid names the table the daemon reads), or skip the
 -- redefinition check during a switch; application roles granted UPDATE may only redefine.
 create or replace function vectorize._is_daemon() returns boolean
 language sql stable set search_path = pg_catalog, pg_temp as $$

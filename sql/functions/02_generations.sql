@@ -23,7 +23,7 @@ begin
                                       chunking, chunk_tokens, chunk_overlap)
     values (j.id, v_number, 'building', d.src_columns, d.update_time_col, d.model, d.dimension,
             d.chunking, d.chunk_tokens, d.chunk_overlap);
-    perform vectorize._create_embeddings_table(j.job_name, v_number, j.primary_key, j.pk_type, d.dimension, false);
+    perform vectorize._create_embeddings_table(j.job_name, v_number, j.primary_key, vectorize._pk_type(j), d.dimension, false);
     if d.model = j.model then
         v_cols := format('%I, embedding, fts, content_hash, source_updated_at, version, updated_at, chunk, chunk_start, chunk_end',
                          j.primary_key);

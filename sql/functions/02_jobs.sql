@@ -406,7 +406,34 @@ begin
     end loop;
     -- The counting triggers, on tables made before they existed (new ones get them when created).
     perform vectorize._install_tally(t::regclass) from unnest(v_tables) t;
+    perform vectorize._install_row_security(j);
+    if v_spare.id is not null then
+        perform vectorize._install_row_security(v_spare);
+    end if;
     update vectorize.job set objects_version = vectorize._objects_version() where id = j.id;
+end $$;
+
+-- Searches run as their caller (vectorize.search() from psql, or the API as a token's role), and
+-- read a generation's embeddings table: every role may, but row-level security shows each only the
+-- rows it may read in the source (its policies and privileges apply there), and only when it may
+-- read every column the job embeds -- a row's vector and full-text terms are made of them. The
+-- daemon owns the table and is not subject to it. The policy is a filter an HNSW scan keeps
+-- walking through (iterative scans), so a role still gets num_results of the rows it may see.
+create or replace function vectorize._install_row_security(g vectorize.job) returns void
+language plpgsql as $$
+declare
+    v_name text := vectorize._embeddings_name(g.job_name, g.generation);
+    v_emb  text := vectorize._embeddings_table(g.job_name, g.generation);
+begin
+    execute format('alter table %s enable row level security', v_emb);
+    execute format('drop policy if exists visible_source_rows on %s', v_emb);
+    execute format('create policy visible_source_rows on %s for select using (%s exists (select from %s s where s.%I = %I.%I))',
+                   v_emb,
+                   (select string_agg(format('pg_catalog.has_column_privilege(%s::pg_catalog.oid, %L, ''SELECT'') and ',
+                                             g.src_relid, c), '')
+                      from unnest(array_append(g.src_columns, g.primary_key)) c),
+                   vectorize._source(g), g.primary_key, v_name, g.primary_key);
+    execute format('grant select on %s to public', v_emb);
 end $$;
 
 -- The capture triggers each captured table gets: one per event, with the transition tables it needs.
@@ -511,7 +538,7 @@ begin
     execute format(
         'create table %s (
              %I %s not null,
-             embedding vector(%s) not null,
+             embedding @extschema:vector@.vector(%s) not null,
              fts tsvector,
              content_hash bytea not null,
              source_updated_at timestamptz,
@@ -546,7 +573,7 @@ begin
     execute format('create index %I on %s (%I) where chunk > 0', v_base || '_chunked', v_emb, p_primary_key);
     -- Parameters are written out only when the job sets them, so an index with pgvector's
     -- defaults reads the same whether it was built by this release or an older one.
-    execute format('create index %I on %s using hnsw (embedding vector_cosine_ops)%s', v_base || '_hnsw', v_emb,
+    execute format('create index %I on %s using hnsw (embedding @extschema:vector@.vector_cosine_ops)%s', v_base || '_hnsw', v_emb,
                    case when v_m is not null or v_ef is not null
                         then format(' with (m = %s, ef_construction = %s)', coalesce(v_m, 16), coalesce(v_ef, 64)) else '' end);
     -- A short pending list (128 kB, not 4 MB): every full-text search reads the whole list, and
@@ -565,7 +592,7 @@ begin
         return null;
     end if;
     if tg_op = 'INSERT' then
-        perform vectorize._create_embeddings_table(new.job_name, 1, new.primary_key, new.pk_type, new.dimension, true);
+        perform vectorize._create_embeddings_table(new.job_name, 1, new.primary_key, vectorize._pk_type(new), new.dimension, true);
     end if;
     perform vectorize._install_job_objects(new);
     perform pg_notify('vectorize', new.id::text);

@@ -58,7 +58,7 @@ begin
          select (select count(*) from page)::int,
                 (select p.pk::text from page p order by p.pk desc limit 1),
                 (select count(*) from queued)::int',
-        j.primary_key, vectorize._source(j), j.update_time_col, j.pk_type, v_stale,
+        j.primary_key, vectorize._source(j), j.update_time_col, vectorize._pk_type(j), v_stale,
         coalesce(v_spare.update_time_col, j.update_time_col))
       into v_seen, v_last, v_queued
       using j.scan_cursor, p_page, j.id;
@@ -128,7 +128,7 @@ begin
            from %4$s s
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
-        vectorize._embeddings_table(j.job_name, j.generation), j.pk_type)
+        vectorize._embeddings_table(j.job_name, j.generation), vectorize._pk_type(j))
     using p_pks;
 end $$;
 
@@ -143,6 +143,25 @@ end $$;
 --    row's full-text vector, kept on chunk 0;
 --  * p_gone: keys whose source row was missing when read: drop their chunks.
 -- Successfully written keys also leave the failures table.
+-- The session's staging table of a batch: one line per chunk of each of its rows, emptied at
+-- every commit, written with COPY and merged by vectorize.apply_batch.
+create or replace function vectorize.create_staging() returns void
+language plpgsql as $$
+begin
+    create temp table if not exists vectorize_staging_chunks (
+        pk                text not null,
+        chunk             int not null,
+        embedding         @extschema:vector@.vector,
+        content           text,
+        content_hash      bytea,
+        chunk_start       int,
+        chunk_end         int,
+        chunks            int not null,
+        source_updated_at timestamptz,
+        version           bigint not null
+    ) on commit delete rows;
+end $$;
+
 create or replace function vectorize.apply_batch(p_job_id uuid, p_generation int, p_gone text[])
 returns int language plpgsql
 set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
@@ -169,7 +188,7 @@ begin
                 chunk_start = excluded.chunk_start, chunk_end = excluded.chunk_end,
                 source_updated_at = excluded.source_updated_at, version = excluded.version, updated_at = now()
           where e.version <= excluded.version',
-        v_emb, j.primary_key, j.pk_type, vectorize._source(j));
+        v_emb, j.primary_key, vectorize._pk_type(j), vectorize._source(j));
     get diagnostics v_written = row_count;
     execute format(
         'update %1$s e
@@ -178,19 +197,19 @@ begin
                 fts = case when s.content is null then e.fts else to_tsvector(''english'', s.content) end
            from pg_temp.vectorize_staging_chunks s
           where s.embedding is null and e.%2$I = s.pk::%3$s and e.chunk = s.chunk and e.version < s.version',
-        v_emb, j.primary_key, j.pk_type);
+        v_emb, j.primary_key, vectorize._pk_type(j));
     execute format(
         'delete from %1$s e
           using (select s.pk, max(s.chunks) as chunks, max(s.version) as version
                    from pg_temp.vectorize_staging_chunks s group by s.pk) s
           where e.%2$I = s.pk::%3$s and e.chunk >= s.chunks and e.version <= s.version',
-        v_emb, j.primary_key, j.pk_type);
+        v_emb, j.primary_key, vectorize._pk_type(j));
     if cardinality(p_gone) > 0 then
         execute format(
             'delete from %1$s e
               where e.%2$I = any($1::%3$s[])
                 and not exists (select 1 from %4$s src where src.%2$I = e.%2$I)',
-            v_emb, j.primary_key, j.pk_type, vectorize._source(j))
+            v_emb, j.primary_key, vectorize._pk_type(j), vectorize._source(j))
         using p_gone;
     end if;
     delete from vectorize.failure f

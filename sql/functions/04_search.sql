@@ -27,11 +27,16 @@ begin
         select format_type(a.atttypid, a.atttypmod) into v_type
           from pg_catalog.pg_attribute a
          where a.attrelid = j.src_relid and a.attname = v_key and a.attnum > 0 and not a.attisdropped;
-        if not found then
+        -- The job's return_columns bound filters too: a filter on another column would answer,
+        -- row by row, what that column holds (salary=gte.100000 is an oracle).
+        if not found or not (j.return_columns is null or v_key = any(j.return_columns)) then
             select string_agg(a.attname, ', ' order by a.attnum) into v_cols
-              from pg_catalog.pg_attribute a where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped;
+              from pg_catalog.pg_attribute a
+             where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped
+               and (j.return_columns is null or a.attname = any(j.return_columns));
             perform vectorize._fail('VZ400',
-                format('filter %s is not a column of %I.%I; columns are: %s', to_json(v_key), j.src_schema, j.src_table, v_cols));
+                format('filter %s is not a column of %I.%I that job %s may return; columns are: %s',
+                       to_json(v_key), j.src_schema, j.src_table, to_json(j.job_name), v_cols));
         end if;
         if jsonb_typeof(v_raw) in ('object', 'array', 'null') then
             perform vectorize._fail('VZ400', format('filter %s must be a string, number or boolean', to_json(v_key)));
@@ -91,6 +96,8 @@ end $$;
 -- The columns a search returns: the caller's choice (p_columns) within the job's allowlist
 -- (job.return_columns), or the allowlist, or every column (null). A name that is not a column,
 -- or not allowed, is a VZ400 that names it.
+-- The columns a search returns: the ones asked for (each checked), else the job's return_columns,
+-- else every column -- in each case only those the caller may read (column privileges).
 create or replace function vectorize._returned_columns(j vectorize.job, p_columns text[]) returns text[]
 language plpgsql stable as $$
 declare
@@ -98,7 +105,11 @@ declare
     v_cols text;
 begin
     if p_columns is null then
-        return j.return_columns;
+        return array(select a.attname::text from pg_catalog.pg_attribute a
+                      where a.attrelid = j.src_relid and a.attnum > 0 and not a.attisdropped
+                        and (j.return_columns is null or a.attname = any(j.return_columns))
+                        and pg_catalog.has_column_privilege(j.src_relid, a.attnum, 'SELECT')
+                      order by a.attnum);
     end if;
     if cardinality(p_columns) = 0 then
         perform vectorize._fail('VZ400', 'return_columns is empty: name the columns to return, or leave it out for all');
@@ -116,8 +127,18 @@ begin
                                                     to_json(v_col), to_json(j.job_name), array_to_string(j.return_columns, ', ')));
         end if;
     end loop;
-    return p_columns;
+    return array(select c from unnest(p_columns) c where pg_catalog.has_column_privilege(j.src_relid, c, 'SELECT'));
 end $$;
+
+-- A JSON object of the source row's columns (alias s), built column by column: to_jsonb(s) would
+-- need SELECT on every column. jsonb_build_object takes at most 100 arguments, so 50 a call.
+create or replace function vectorize._row_object(p_columns text[]) returns text
+language sql immutable as $$
+    select coalesce(string_agg(part, ' || '), '''{}''::jsonb')
+      from (select format('jsonb_build_object(%s)', string_agg(format('%L, s.%I', c, c), ', ' order by n)) as part
+              from unnest(p_columns) with ordinality as u(c, n)
+             group by (n - 1) / 50) parts
+$$;
 
 -- How many rows of the source the filter matches, as the planner estimates it (no scan).
 create or replace function vectorize._estimated_matches(j vectorize.job, p_filter text) returns float8
@@ -168,7 +189,7 @@ end $$;
 -- query (default: the job's, else 100).
 create or replace function vectorize.search(
     p_job_name        text,
-    p_query_embedding vector,
+    p_query_embedding @extschema:vector@.vector,
     p_num_results     int     default 10,
     p_filters         jsonb   default '{}',
     p_query_text      text    default null,
@@ -199,6 +220,7 @@ declare
     v_sql      text;
     v_cached   boolean;
     v_plan_mode text;
+    v_col      text;
 begin
     if p_num_results is null or p_num_results < 1 then
         perform vectorize._fail('VZ400', 'num_results must be a positive integer');
@@ -220,6 +242,14 @@ begin
         perform vectorize._fail('VZ409', format('the source table of job %s no longer exists', to_json(j.job_name)),
                                 'delete the job');
     end;
+    -- Searching ranks by what the job embeds: a caller who may not read all of it gets a clear
+    -- 42501 (the API's 403), not an answer made of columns it may not see.
+    select c into v_col from unnest(array_append(j.src_columns, j.primary_key)) c
+     where not pg_catalog.has_column_privilege(j.src_relid, c, 'SELECT') limit 1;
+    if found then
+        perform vectorize._fail('42501', format('permission denied: role %s may not read column %s of %s.%s, which job %s embeds',
+                                               current_user, to_json(v_col), j.src_schema, j.src_table, to_json(j.job_name)));
+    end if;
     v_emb := vectorize._embeddings_table(j.job_name, j.generation);
     v_filter := vectorize._filter_clause(j, p_filters);
     v_columns := vectorize._returned_columns(j, p_return_columns);
@@ -254,15 +284,15 @@ begin
             -- The keys of the matching rows through the source's own indexes, then their chunks
             -- through the embeddings' primary key as one bitmap scan (pages read in order: half
             -- the time of a lookup per row), every distance computed; each row by its best chunk.
-            v_nearest := format('select e.%3$I as pk, min(e.embedding <=> $1) as distance
+            v_nearest := format('select e.%3$I as pk, min(e.embedding OPERATOR(@extschema:vector@.<=>) $1) as distance
                                    from %1$s e
                                   where e.%3$I = any (array(select s.%3$I from %2$s s where %4$s))
                                   group by e.%3$I order by 2 limit ',
                                 v_emb, vectorize._source(j), j.primary_key, v_filter);
         else
-            v_nearest := format('select e.%3$I as pk, e.embedding <=> $1 as distance
+            v_nearest := format('select e.%3$I as pk, e.embedding OPERATOR(@extschema:vector@.<=>) $1 as distance
                                    from %1$s e join %2$s s on s.%3$I = e.%3$I
-                                  where %4$s order by e.embedding <=> $1 limit ', v_emb, vectorize._source(j), j.primary_key, v_filter);
+                                  where %4$s order by e.embedding OPERATOR(@extschema:vector@.<=>) $1 limit ', v_emb, vectorize._source(j), j.primary_key, v_filter);
             v_sql := format('select exists (select 1 from %s where chunk > 0)', v_emb);
             if v_cached then
                 execute format('execute %I', vectorize._prepared(v_sql, '')) into v_chunked;
@@ -276,7 +306,7 @@ begin
                                     coalesce(array_agg(h.distance order by h.distance), ''{}'')
                                from (%s) h', v_nearest || v_chunks);  -- the limit ends the statement
             if v_cached then
-                execute format('execute %I(%L)', vectorize._prepared(v_sql, 'vector'), p_query_embedding)
+                execute format('execute %I(%L)', vectorize._prepared(v_sql, '@extschema:vector@.vector'), p_query_embedding)
                    into v_pks, v_distances;
             else
                 execute v_sql into v_pks, v_distances using p_query_embedding;
@@ -286,7 +316,7 @@ begin
             v_chunks := v_chunks * 4;
         end loop;
     end if;
-    v_hits := format('select h.pk::%s as pk, h.distance from unnest($7::text[], $9::float8[]) as h(pk, distance)', j.pk_type);
+    v_hits := format('select h.pk::%s as pk, h.distance from unnest($7::text[], $9::float8[]) as h(pk, distance)', vectorize._pk_type(j));
     v_sql := format(
         'with hits as (%6$s),
          semantic as (
@@ -304,27 +334,29 @@ begin
                     coalesce($4 / ($6 + se.rank), 0) + coalesce($5 / ($6 + f.rank), 0) as rrf_score
                from semantic se full join fts f on f.pk = se.pk),
          best as (
-             select distinct on (e.%3$I) e.%3$I as pk, e.chunk, e.chunk_start, e.chunk_end, e.embedding <=> $1 as distance
+             select distinct on (e.%3$I) e.%3$I as pk, e.chunk, e.chunk_start, e.chunk_end, e.embedding OPERATOR(@extschema:vector@.<=>) $1 as distance
                from %1$s e join fused fu on fu.pk = e.%3$I
-              order by e.%3$I, e.embedding <=> $1 nulls last, e.chunk)
-         select coalesce((select jsonb_object_agg(c.key, c.value) from jsonb_each(to_jsonb(s)) c
-                           where $8::text[] is null or c.key = any($8::text[])), ''{}'') || jsonb_build_object(
+              order by e.%3$I, e.embedding OPERATOR(@extschema:vector@.<=>) $1 nulls last, e.chunk)
+         select %8$s || jsonb_build_object(
                     ''similarity_score'', 1 - b.distance,
                     ''semantic_rank'', fu.semantic_rank, ''fts_rank'', fu.fts_rank, ''rrf_score'', fu.rrf_score,
                     ''chunk'', jsonb_build_object(
                         ''index'', b.chunk, ''start'', coalesce(b.chunk_start, 0), ''end'', coalesce(b.chunk_end, length(t.content)),
-                        ''text'', substr(t.content, coalesce(b.chunk_start, 0) + 1,
-                                         coalesce(b.chunk_end, length(t.content)) - coalesce(b.chunk_start, 0))))
+                        ''text'', case when %9$s then substr(t.content, coalesce(b.chunk_start, 0) + 1,
+                                         coalesce(b.chunk_end, length(t.content)) - coalesce(b.chunk_start, 0)) end))
            from fused fu
            join %2$s s on s.%3$I = fu.pk
            join best b on b.pk = fu.pk
            cross join lateral (select %5$s as content) t
           order by fu.rrf_score desc, b.distance
           limit %7$s',
-        v_emb, vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j), v_hits, p_num_results);
+        v_emb, vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j), v_hits, p_num_results,
+        vectorize._row_object(v_columns),
+        -- The chunk's text is made of the embedded columns: shown only when the job may return all of them.
+        (j.return_columns is null or j.src_columns <@ j.return_columns)::text);
     if v_cached then
         return query execute format('execute %I(%L, %L, %L, %L, %L, %L, %L, %L, %L)',
-                                    vectorize._prepared(v_sql, 'vector, int, tsquery, float8, float8, float8, text[], text[], float8[]'),
+                                    vectorize._prepared(v_sql, '@extschema:vector@.vector, int, tsquery, float8, float8, float8, text[], text[], float8[]'),
                                     p_query_embedding, p_num_results, v_text, p_semantic_wt, p_fts_wt, p_rrf_k,
                                     v_pks, v_columns, v_distances);
         perform set_config('plan_cache_mode', v_plan_mode, true);

@@ -41,7 +41,7 @@ begin
         ef_construction := r.ef;
         statements := array[
             format('drop index concurrently if exists vectorize.%I', v_base || '_hnsw_new'),
-            format('create index concurrently %I on %s using hnsw (embedding vector_cosine_ops) with (m = %s, ef_construction = %s)',
+            format('create index concurrently %I on %s using hnsw (embedding @extschema:vector@.vector_cosine_ops) with (m = %s, ef_construction = %s)',
                    v_base || '_hnsw_new', v_table, r.m, r.ef),
             format('drop index concurrently if exists vectorize.%I', v_base || '_hnsw'),
             format('alter index vectorize.%I rename to %I', v_base || '_hnsw_new', v_base || '_hnsw')];

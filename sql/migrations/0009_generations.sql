@@ -31,7 +31,7 @@ create table if not exists vectorize.generation (
 drop function if exists vectorize._embeddings_table(text);
 drop function if exists vectorize.read_rows(uuid, text[]);
 drop function if exists vectorize.apply_batch(uuid, text[]);
-drop function if exists vectorize.search(text, vector, int, jsonb, text, float8, float8, float8);
+drop function if exists vectorize.search(text, @extschema:vector@.vector, int, jsonb, text, float8, float8, float8);
 drop function if exists vectorize._guard_job_update() cascade;
 -- Became _build_job_objects (for new jobs and rebuilt objects alike); its trigger is re-created.
 drop function if exists vectorize._create_job_objects() cascade;

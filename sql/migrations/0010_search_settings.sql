@@ -8,5 +8,5 @@ alter table vectorize.job add column if not exists return_columns text[];
 alter table vectorize.job add column if not exists ef_search int;
 
 -- Re-created by sql/functions/ with return_columns and ef_search arguments.
-drop function if exists vectorize.search(text, vector, int, jsonb, text, float8, float8, float8, int);
+drop function if exists vectorize.search(text, @extschema:vector@.vector, int, jsonb, text, float8, float8, float8, int);
 drop view if exists vectorize.job_status;
