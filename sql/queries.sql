@@ -336,3 +336,12 @@ select pg_catalog.set_config('role', %(role)s, true);
 -- name: readable_jobs
 -- The jobs whose source table a role may read (the daemon asks, on the role's behalf).
 select j.job_name from vectorize.job j where pg_catalog.has_any_column_privilege(%(role)s, j.src_relid, 'SELECT');
+
+-- name: role_may_read
+-- Whether a role may read every named column of a table that exists (columns or a table that do
+-- not exist are left to the job trigger's own messages): null when there is no such table.
+select bool_and(pg_catalog.has_column_privilege(%(role)s, c.oid, a.attname, 'SELECT')) as ok
+  from pg_catalog.pg_class c
+  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+  join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+ where n.nspname = %(schema)s and c.relname = %(table)s and a.attname = any(%(columns)s::text[]);

@@ -171,11 +171,13 @@ async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, produc
             conn.execute("grant insert on public.loot to public")  # so that any victim's call could write it
         conn.execute("update my_products set description = 'a changed text' where product_id = 1")
         await wait_until(
-            lambda: conn.execute(
-                "select count(*) as n from vectorize._embeddings_my_job e join my_products p using (product_id)"
-                " where e.fts @@ to_tsquery('english', 'changed')"
-            ).fetchone()["n"]
-            == 1
+            lambda: (
+                conn.execute(
+                    "select count(*) as n from vectorize._embeddings_my_job e join my_products p using (product_id)"
+                    " where e.fts @@ to_tsquery('english', 'changed')"
+                ).fetchone()["n"]
+                == 1
+            )
         )
         response = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "camping gear"})
         assert response.status == 200 and len(await response.json()) > 0

@@ -17,7 +17,12 @@ from vectorize.db import make_pool
 from .helpers import create_job
 
 ROWS = 20_000
-TOKENS = {"a" * 32: {"role": "tenant_a", "jobs": ["notes"]}, "b" * 32: {"role": "tenant_b"}, "c" * 32: {"role": "tenant_c"}}
+TOKENS = {
+    "a" * 32: {"role": "tenant_a", "jobs": ["notes"]},
+    "b" * 32: {"role": "tenant_b"},
+    "c" * 32: {"role": "tenant_c"},
+    "d" * 32: {"role": "tenant_b", "manage": True},
+}
 
 
 def _embed_synthetically(conn: psycopg.Connection) -> None:
@@ -136,3 +141,26 @@ def test_psql_users_search_as_themselves(tenants, conn) -> None:
         conn.execute("set local role tenant_c")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select vectorize.search('notes', %s::vector, 10)", (vector,))
+
+
+async def test_a_managing_token_defines_jobs_only_over_what_its_role_may_read(tenant_api, conn) -> None:
+    job = {
+        "job_name": "mine",
+        "src_schema": "public",
+        "src_table": "notes",
+        "primary_key": "id",
+        "update_time_col": "updated_at",
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+    }
+    manage = {"Authorization": "Bearer " + "d" * 32}
+    refused = await tenant_api.post("/api/v1/table", json={**job, "src_columns": ["secret"]}, headers=manage)
+    assert refused.status == 403 and "may not read" in (await refused.json())["error"]
+    assert conn.execute("select count(*) as n from vectorize.job where job_name = 'mine'").fetchone()["n"] == 0
+    search_only = await tenant_api.post(
+        "/api/v1/table", json={**job, "src_columns": ["body"]}, headers={"Authorization": "Bearer " + "b" * 32}
+    )
+    assert search_only.status == 403
+    created = await tenant_api.post("/api/v1/table", json={**job, "src_columns": ["body"]}, headers=manage)
+    assert created.status == 200, await created.text()
+    deleted = await tenant_api.delete("/api/v1/table/mine", headers=manage)
+    assert deleted.status == 200

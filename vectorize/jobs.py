@@ -12,7 +12,6 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from .db import act_as
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
 
@@ -97,11 +96,12 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
 
 
 async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any], role: str | None = None) -> str:
-    """Insert the job (the trigger validates and builds its objects), as ``role`` (None: the
-    daemon): the trigger checks that role may read the table. Returns the job's id."""
+    """Insert the job (the trigger validates and builds its objects); returns its id. For a
+    ``role`` (an API token's), only over columns that role may read."""
     params = with_defaults(definition)
 
     async def create(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        await _require_reads(conn, role, params)
         row = await (await conn.execute(query("create_job"), params)).fetchone()
         await conn.execute(query("set_search_settings"), params)
         return row
@@ -148,6 +148,7 @@ async def redefine_job(
     job_name = params["job_name"]
 
     async def redefine(conn: AsyncConnection[Any]) -> dict[str, Any]:
+        await _require_reads(conn, role, params)
         current = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
         if current is None:
             raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
@@ -211,14 +212,16 @@ async def _politely(
     work: Callable[[AsyncConnection[Any]], Awaitable[T]],
     role: str | None = None,
 ) -> T:
-    """Run ``work`` as ``role`` in a transaction that waits for locks at most SOURCE_LOCK_TIMEOUT,
-    retrying SOURCE_LOCK_TRIES times; then a 409 that says why, with nothing changed."""
+    """Run ``work`` in a transaction that waits for locks at most SOURCE_LOCK_TIMEOUT, retrying
+    SOURCE_LOCK_TRIES times; then a 409 that says why, with nothing changed. For a ``role`` (an API
+    token's), the job must be one whose source that role may read, else 404 as if it did not exist."""
     for attempt in range(1, SOURCE_LOCK_TRIES + 1):
         try:
             with database_errors():
                 async with pool.connection() as conn, conn.transaction():
                     await conn.execute(query("set_lock_timeout"), {"timeout": SOURCE_LOCK_TIMEOUT})
-                    await act_as(conn, role)
+                    if role is not None and action != "created" and job_name not in await _readable(conn, role):
+                        raise UserError(404, f"job {job_name!r} does not exist")
                     return await work(conn)
         except psycopg.errors.LockNotAvailable:
             if attempt == SOURCE_LOCK_TRIES:
@@ -259,6 +262,23 @@ async def list_jobs(pool: AsyncConnectionPool, role: str | None = None) -> list[
         rows = await (await conn.execute(query("job_status_all"))).fetchall()
         readable = None if role is None else await _readable(conn, role)
     return [_status_row(r) for r in rows if readable is None or r["job_name"] in readable]
+
+
+async def _require_reads(conn: AsyncConnection[Any], role: str | None, definition: dict[str, Any]) -> None:
+    """A token's role may define a job only over columns it may read itself: the job is built
+    and run with the daemon's rights, and would otherwise show that role what it may not read."""
+    if role is None:
+        return
+    columns = [*definition["src_columns"], definition["primary_key"], definition["update_time_col"]]
+    params = {"role": role, "schema": definition["src_schema"], "table": definition["src_table"], "columns": columns}
+    try:
+        row = await (await conn.execute(query("role_may_read"), params)).fetchone()
+    except psycopg.errors.UndefinedObject as exc:
+        raise UserError(403, f"this token's role {role!r} does not exist") from exc
+    if row is not None and row["ok"] is False:
+        raise UserError(
+            403, f"role {role!r} may not read every column the job names in {definition['src_schema']}.{definition['src_table']}"
+        )
 
 
 async def _readable(conn: AsyncConnection[Any], role: str) -> set[str]:
