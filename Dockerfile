@@ -17,6 +17,8 @@ RUN pip install --no-cache-dir -e . \
 # the build machine) and kept in /var/lib/vectorize (a volume in compose.yaml).
 
 USER vectorize
+# Reachable from outside the container, so it needs VECTORIZE_API_TOKEN (or VECTORIZE_API_TOKENS):
+# without one it refuses to start (docs/security.md).
 ENV VECTORIZE_HOST=0.0.0.0
 EXPOSE 8080
 CMD ["vectorize", "api"]

@@ -156,7 +156,13 @@ def _compose_command() -> list[str] | None:
 
 @pytest.mark.skipif(_compose_command() is None, reason="neither `docker compose` nor `docker-compose` is installed here")
 def test_compose_file_validates() -> None:
+    """Valid, and it will not start an API without a token; the daemon is not the superuser."""
     command = _compose_command()
     assert command is not None
-    result = subprocess.run([*command, "-f", str(ROOT / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "VECTORIZE_API_TOKEN"}
+    config = [*command, "-f", str(ROOT / "compose.yaml"), "config"]
+    refused = subprocess.run([*config, "-q"], capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "VECTORIZE_API_TOKEN" in refused.stderr
+    result = subprocess.run(config, capture_output=True, text=True, env={**env, "VECTORIZE_API_TOKEN": "x" * 32})
     assert result.returncode == 0, result.stderr
+    assert "vectorize_daemon:" in result.stdout and "postgresql://vectorize:" not in result.stdout
