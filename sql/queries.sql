@@ -213,7 +213,7 @@ select j.job_name, j.id,
 select result::text as result
   from vectorize.search(%(job_name)s, %(embedding)s, %(limit)s, %(filters)s,
                         %(query)s, %(semantic_wt)s, %(fts_wt)s, %(rrf_k)s, %(generation)s,
-                        %(return_columns)s, %(ef_search)s) as result;
+                        %(return_columns)s, %(ef_search)s, %(window_size)s) as result;
 
 -- name: job_status_all
 select * from vectorize.job_status order by job_name;

@@ -224,3 +224,48 @@ async def test_concurrent_queries_share_inference_and_repeats_come_from_the_cach
     again = await queries.embed(MODEL, texts[3])
     assert REGISTRY.get_sample_value("vectorize_query_cache_total", {"result": "hit"}) == hits + 1
     assert np.array_equal(again, vectors[3])
+
+
+async def test_return_columns_bound_filters_and_passages_and_survive_redefinitions(conn, products, start_worker, api) -> None:
+    """return_columns is a boundary: a filter on another column would be an oracle of its values,
+    and the matched passage is made of the embedded columns; a re-POST or a PUT that leaves it out
+    keeps it."""
+    await backfilled_job(conn, start_worker)
+    conn.execute("update vectorize.job set return_columns = '{product_id,product_name}' where job_name = 'my_job'")
+    status, error = await search(api, price="gte.10")
+    assert status == 400 and "may return" in error["error"] and "price" not in error["error"].split("columns are:")[1]
+    status, rows = await search(api)
+    assert status == 200 and all(r["chunk"]["text"] is None for r in rows)  # description is embedded, not returnable
+    status, rows = await search(api, product_name="Pencil")
+    assert status == 200 and [r["product_name"] for r in rows] == ["Pencil"]
+    definition = {k: v for k, v in (await (await api.get("/api/v1/table/my_job")).json()).items() if k in JOB_FIELDS}
+    assert (await api.post("/api/v1/table", json=definition)).status == 200  # idempotent re-POST
+    response = await api.put("/api/v1/table/my_job", json={**definition, "chunk_tokens": 64})
+    assert response.status == 202
+    job = await (await api.get("/api/v1/table/my_job")).json()
+    assert job["return_columns"] == ["product_id", "product_name"]
+    # Said explicitly, it changes; null clears it.
+    await api.put("/api/v1/table/my_job", json={**definition, "chunk_tokens": 64, "return_columns": None})
+    assert (await (await api.get("/api/v1/table/my_job")).json())["return_columns"] is None
+    status, rows = await search(api)
+    assert status == 200 and all(isinstance(r["chunk"]["text"], str) for r in rows)
+
+
+async def test_window_size_is_each_halfs_candidates_before_fusion(conn, products, start_worker, api) -> None:
+    """pg_vectorize's window_size, through GET and POST: one candidate per half fuses at most two rows."""
+    await backfilled_job(conn, start_worker)
+    status, rows = await search(api, limit="10", window_size="1")
+    assert status == 200 and 1 <= len(rows) <= 2
+    status, rows = await search(api, limit="10", window_size="50")
+    assert status == 200 and len(rows) == 10
+    response = await api.post("/api/v1/search", json={"job_name": "my_job", "query": QUERY, "limit": 10, "window_size": 1})
+    assert response.status == 200 and 1 <= len(await response.json()) <= 2
+    # The default is 5 x limit: the same ranking as asking for it.
+    default = [r["product_name"] for r in (await search(api, limit="4"))[1]]
+    explicit = [r["product_name"] for r in (await search(api, limit="4", window_size="20"))[1]]
+    assert default == explicit
+    for bad in ("0", "10001", "x", "2.5"):
+        status, error = await search(api, window_size=bad)
+        assert status == 400 and "window_size" in error["error"]
+    status, error = await search(api, nope="1")  # not a parameter, not a column: still a 400
+    assert status == 400 and "nope" in error["error"]

@@ -240,6 +240,7 @@ class SearchArgs:
     wait: float | None
     return_columns: list[str] | None
     ef_search: int | None
+    window_size: int | None
 
 
 def _search_args(params: dict[str, Any]) -> tuple[SearchArgs, dict[str, Any]]:
@@ -251,11 +252,12 @@ def _search_args(params: dict[str, Any]) -> tuple[SearchArgs, dict[str, Any]]:
     wait = search.parse_wait_for_sync(params.pop("wait_for_sync", None))
     return_columns = search.parse_return_columns(params.pop("return_columns", None))
     ef_search = search.parse_ef_search(params.pop("ef_search", None))
+    window_size = search.parse_window_size(params.pop("window_size", None))
     if not isinstance(job_name, str) or not job_name:
         raise UserError(400, "job_name is required: the job to search")
     if not isinstance(text, str) or not text:
         raise UserError(400, "query is required: the text to search for")
-    return SearchArgs(job_name, text, limit, ranking, wait, return_columns, ef_search), params
+    return SearchArgs(job_name, text, limit, ranking, wait, return_columns, ef_search, window_size), params
 
 
 async def _search_response(request: web.Request, args: SearchArgs, filters: dict) -> web.Response:
@@ -275,6 +277,7 @@ async def _search_response(request: web.Request, args: SearchArgs, filters: dict
         args.return_columns,
         args.ef_search,
         role=principal.role,
+        window_size=args.window_size,
     )
     response = web.Response(text=answer.json_array(), content_type="application/json")
     response.headers[GENERATION_HEADER] = str(answer.generation)
@@ -297,7 +300,17 @@ async def search_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
-    allowed = {"job_name", "query", "limit", "filters", "wait_for_sync", "return_columns", "ef_search", *search.RANKING_OPTIONS}
+    allowed = {
+        "job_name",
+        "query",
+        "limit",
+        "filters",
+        "wait_for_sync",
+        "return_columns",
+        "ef_search",
+        "window_size",
+        *search.RANKING_OPTIONS,
+    }
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise UserError(400, f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .jobs import JOB_FIELDS
-from .search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, RANKING_OPTIONS
+from .search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, MAX_WINDOW, RANKING_OPTIONS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME = {"type": "string", "minLength": 1}
@@ -60,6 +60,12 @@ _SEARCH_PARAMS = [
         "in": "query",
         "description": "HNSW candidates kept while searching: higher finds more of the true nearest rows, slower",
         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    {
+        "name": "window_size",
+        "in": "query",
+        "description": "candidates each half (vector, full-text) ranks before they are fused (pg_vectorize's; default 5 x limit)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW},
     },
     {
         "name": "wait_for_sync",
@@ -184,6 +190,7 @@ SPEC: dict[str, Any] = {
                     "wait_for_sync": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_SYNC},
                     "return_columns": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
                     "ef_search": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "window_size": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW},
                 },
             },
             "SearchResult": {

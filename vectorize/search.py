@@ -114,6 +114,16 @@ def parse_return_columns(raw: object) -> list[str] | None:
     return [n.strip() for n in names]
 
 
+#: Largest candidate window of each half of a hybrid search (window_size).
+MAX_WINDOW = 10_000
+
+
+def parse_window_size(raw: object) -> int | None:
+    """``window_size`` (pg_vectorize's): how many candidates each half (vector, full-text) ranks
+    before they are fused; default 5 x limit. Larger: fusion sees more, slower."""
+    return _integer_in(raw, "window_size", 1, MAX_WINDOW)
+
+
 def parse_ef_search(raw: object) -> int | None:
     """``ef_search``: HNSW candidates kept while searching (1 to 1000; more = better recall, slower)."""
     return _integer_in(raw, "ef_search", 1, 1000)
@@ -148,6 +158,7 @@ async def search(
     return_columns: list[str] | None = None,
     ef_search: int | None = None,
     role: str | None = None,
+    window_size: int | None = None,
 ) -> Answer:
     """Hybrid search: vector neighbours fused with full-text matches (see vectorize.search in SQL).
     The query is embedded with the serving generation's model and ranked in that generation, even
@@ -160,7 +171,13 @@ async def search(
         reject_nul(f"filter {key!r}", key)
         if isinstance(value, str):
             reject_nul(f"filter {key!r}", value)
-    options = {**RANKING_OPTIONS, **(ranking or {}), "return_columns": return_columns, "ef_search": ef_search}
+    options = {
+        **RANKING_OPTIONS,
+        **(ranking or {}),
+        "return_columns": return_columns,
+        "ef_search": ef_search,
+        "window_size": window_size,
+    }
     with metrics.SEARCH_SECONDS.time():
         for attempt in (1, 2):
             try:

@@ -186,7 +186,8 @@ end $$;
 -- p_generation: answer from that generation of the job (the serving one or the one kept
 -- beside it); by default the serving one. p_return_columns: which source columns each
 -- result carries (within the job's return_columns). p_ef_search: HNSW ef_search for this
--- query (default: the job's, else 100).
+-- query (default: the job's, else 100). p_window_size: how many candidates each half ranks before
+-- the fusion (pg_vectorize's window_size; default 5 x p_num_results).
 create or replace function vectorize.search(
     p_job_name        text,
     p_query_embedding @extschema:vector@.vector,
@@ -198,7 +199,8 @@ create or replace function vectorize.search(
     p_rrf_k           float8  default 60,
     p_generation      int     default null,
     p_return_columns  text[]  default null,
-    p_ef_search       int     default null)
+    p_ef_search       int     default null,
+    p_window_size     int     default null)
 returns setof jsonb language plpgsql as $$
 declare
     -- The serving generation, or the one the caller embedded its query for (an API request
@@ -221,6 +223,7 @@ declare
     v_cached   boolean;
     v_plan_mode text;
     v_col      text;
+    v_window   int;
 begin
     if p_num_results is null or p_num_results < 1 then
         perform vectorize._fail('VZ400', 'num_results must be a positive integer');
@@ -229,6 +232,11 @@ begin
        or p_semantic_wt < 0 or p_fts_wt < 0 then
         perform vectorize._fail('VZ400', 'semantic_wt, fts_wt and rrf_k must be non-negative numbers');
     end if;
+    if p_window_size is not null and (p_window_size < 1 or p_window_size > 10000) then
+        perform vectorize._fail('VZ400', format('window_size %s is out of range: use 1 to 10000', p_window_size));
+    end if;
+    -- Each half ranks this many candidates before they are fused (pg_vectorize's window_size).
+    v_window := coalesce(p_window_size, 5 * p_num_results);
     if p_ef_search is not null and (p_ef_search < 1 or p_ef_search > 1000) then
         perform vectorize._fail('VZ400', format('ef_search %s is out of range: use 1 to 1000', p_ef_search));
     end if;
@@ -300,7 +308,7 @@ begin
                 execute v_sql into v_chunked;
             end if;
         end if;
-        v_chunks := case when v_chunked then p_num_results * 2 else p_num_results end;
+        v_chunks := case when v_chunked then v_window * 2 else v_window end;
         loop
             v_sql := format('select coalesce(array_agg(h.pk::text order by h.distance), ''{}''),
                                     coalesce(array_agg(h.distance order by h.distance), ''{}'')
@@ -312,7 +320,7 @@ begin
                 execute v_sql into v_pks, v_distances using p_query_embedding;
             end if;
             exit when v_exact or not coalesce(v_chunked, false) or cardinality(v_pks) < v_chunks or v_chunks >= 1000000
-                   or (select count(distinct x) from unnest(v_pks) x) >= p_num_results;
+                   or (select count(distinct x) from unnest(v_pks) x) >= v_window;
             v_chunks := v_chunks * 4;
         end loop;
     end if;
@@ -322,13 +330,13 @@ begin
          semantic as (
              select b.pk, row_number() over (order by b.distance) as rank
                from (select distinct on (h.pk) h.pk, h.distance from hits h order by h.pk, h.distance) b
-              order by b.distance limit %7$s),
+              order by b.distance limit %10$s),
          fts as (
              select e.%3$I as pk, row_number() over (order by ts_rank_cd(e.fts, q) desc, e.%3$I) as rank
                from %1$s e join %2$s s on s.%3$I = e.%3$I, (select $3::tsquery as q) text_query
               where $3 is not null and e.chunk = 0 and e.fts @@ q and %4$s
               order by ts_rank_cd(e.fts, q) desc, e.%3$I
-              limit %7$s),
+              limit %10$s),
          fused as (
              select coalesce(se.pk, f.pk) as pk, se.rank as semantic_rank, f.rank as fts_rank,
                     coalesce($4 / ($6 + se.rank), 0) + coalesce($5 / ($6 + f.rank), 0) as rrf_score
@@ -353,7 +361,7 @@ begin
         v_emb, vectorize._source(j), j.primary_key, v_filter, vectorize._content_expr(j), v_hits, p_num_results,
         vectorize._row_object(v_columns),
         -- The chunk's text is made of the embedded columns: shown only when the job may return all of them.
-        (j.return_columns is null or j.src_columns <@ j.return_columns)::text);
+        (j.return_columns is null or j.src_columns <@ j.return_columns)::text, v_window);
     if v_cached then
         return query execute format('execute %I(%L, %L, %L, %L, %L, %L, %L, %L, %L)',
                                     vectorize._prepared(v_sql, '@extschema:vector@.vector, int, tsquery, float8, float8, float8, text[], text[], float8[]'),
