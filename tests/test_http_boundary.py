@@ -139,3 +139,18 @@ def test_an_open_api_never_binds_beyond_loopback_unless_told() -> None:
     check_exposure("::1", Tokens(), allow_unauthenticated=False)
     check_exposure("0.0.0.0", Tokens(single=TOKEN), allow_unauthenticated=False)
     check_exposure("0.0.0.0", Tokens(), allow_unauthenticated=True)
+
+
+@pytest.mark.parametrize("param", ["limit", "rrf_k", "fts_wt", "ef_search", "window_size", "wait_for_sync"])
+@pytest.mark.parametrize("value", ["1e999", "NaN", "Infinity", "-Infinity", "1" * 400])
+async def test_bad_numbers_in_query_strings_are_400s(api, param: str, value: str) -> None:
+    response = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "x", param: value})
+    assert response.status == 400 and param in (await response.json())["error"]
+
+
+def test_the_service_refuses_an_open_non_loopback_api(settings, capsys) -> None:
+    from vectorize.service import run
+
+    open_api = dataclasses.replace(settings, host="0.0.0.0", api_token=None, api_tokens=None)
+    assert run(open_api, api=True, worker=False) == 1
+    assert "VECTORIZE_ALLOW_UNAUTHENTICATED" in capsys.readouterr().err

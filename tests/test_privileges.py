@@ -22,7 +22,7 @@ grant select, trigger on public.my_products to vz_daemon;
 
 @pytest.fixture
 def least_privilege_db(pg_admin_url: str):
-    with scratch_database(pg_admin_url, "least_priv", ("vz_daemon", "vz_intruder")) as owner_url:
+    with scratch_database(pg_admin_url, "least_priv", ("vz_daemon", "vz_intruder", "vz_manager")) as owner_url:
         with psycopg.connect(owner_url, autocommit=True) as owner:
             owner.execute(GRANTS)
         yield owner_url
@@ -191,3 +191,59 @@ async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, produc
     finally:
         conn.execute("drop owned by vz_shadow cascade")
         conn.execute("drop role vz_shadow")
+
+
+async def test_the_readme_setup_three_roles(least_privilege_db: str, catalog, start_worker) -> None:
+    """The README's least-privilege setup: the daemon (not a superuser), an application role that
+    manages its own job through SQL alone (INSERT, UPDATE, rollback, DELETE on vectorize.job, no
+    right in schema vectorize besides USAGE), and a role with only USAGE, which gets nowhere."""
+    daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
+    manager_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_manager")
+    intruder_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_intruder")
+    migrate(daemon_url)
+    with psycopg.connect(daemon_url, autocommit=True) as daemon:
+        publish_models(daemon, catalog.local_models())
+        daemon.execute("grant usage on schema vectorize to vz_manager, vz_intruder")
+        daemon.execute("grant select, insert, update, delete on vectorize.job to vz_manager")
+    with psycopg.connect(least_privilege_db, autocommit=True) as owner:
+        owner.execute("grant select on public.my_products to vz_manager")
+    start_worker(database_url=daemon_url)
+    insert = sql.SQL(
+        "insert into vectorize.job (job_name, src_table, src_schema, src_columns, primary_key, update_time_col, model)"
+        " values (%(job_name)s, %(src_table)s, %(src_schema)s, %(src_columns)s, %(primary_key)s, %(update_time_col)s, %(model)s)"
+    )
+    with psycopg.connect(manager_url, autocommit=True) as manager:
+        manager.execute(insert, MY_JOB)
+        count = "select count(*) from vectorize._embeddings_my_job"
+        await wait_until(lambda: manager.execute(count).fetchone()[0] == 2, timeout=30)  # it reads its own rows
+        manager.execute("update vectorize.job set chunk_tokens = 64 where job_name = 'my_job'")
+        with psycopg.connect(least_privilege_db) as owner:
+            assert owner.execute("select state from vectorize.generation").fetchone()[0] == "building"
+        assert manager.execute("select action from vectorize.rollback_job('my_job')").fetchone()[0] == "cancelled"
+        rows = manager.execute(
+            "select vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1), 2)"
+        ).fetchall()
+        assert len(rows) == 2
+
+    with psycopg.connect(intruder_url, autocommit=True) as intruder:
+        intruder.execute("notify vectorize, 'garbage'")  # anyone may wake the workers; it changes nothing
+        for statement in (
+            "select count(*) from vectorize._embeddings_my_job",  # the policy asks the source, which it may not read
+            "select * from vectorize.search('my_job', (select embedding from vectorize._embeddings_my_job limit 1), 2)",
+            "select * from vectorize.rollback_job('my_job')",
+            "update vectorize.job set model = model",
+            "delete from vectorize.job",
+            "create temp table t (product_id int);"
+            " create trigger w after truncate on t for each statement execute function vectorize._capture_my_job()",
+            "create temp table t2 (id int);"
+            " create trigger w2 after insert on t2 for each row execute function vectorize._build_job_objects()",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                intruder.execute(statement)
+
+    with psycopg.connect(manager_url, autocommit=True) as manager:
+        manager.execute("delete from vectorize.job where job_name = 'my_job'")
+    with psycopg.connect(least_privilege_db) as owner:
+        assert owner.execute("select count(*) from vectorize.job").fetchone()[0] == 0
+        assert owner.execute("select to_regclass('vectorize._embeddings_my_job')").fetchone()[0] is None
+        assert owner.execute("select count(*) from pg_trigger where tgname like 'vectorize\\_%'").fetchone()[0] == 0

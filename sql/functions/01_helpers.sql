@@ -260,11 +260,22 @@ end $$;
 -- daemon, or the DBA who set it up)? Only such a role may set the columns of vectorize.job that
 -- vectorize derives or keeps (src_relid names the table the daemon reads), or skip the
 -- redefinition check during a switch; application roles granted UPDATE may only redefine.
-create or replace function vectorize._is_daemon() returns boolean
+create or replace function vectorize._is_daemon(p_role name default current_user) returns boolean
 language sql stable set search_path = pg_catalog, pg_temp as $$
-    select pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')
+    select pg_catalog.pg_has_role(p_role, c.relowner, 'MEMBER')
       from pg_catalog.pg_class c where c.oid = 'vectorize.job'::pg_catalog.regclass
 $$;
+
+-- Who is changing vectorize.job. The redefinition trigger runs with vectorize's rights (it builds a
+-- generation: tables in schema vectorize), so it cannot ask current_user; the trigger that fires just
+-- before it (invoker_noted, with the caller's rights) notes the caller here. A session cannot forge
+-- it: every UPDATE of vectorize.job sets it again before the redefinition trigger reads it.
+create or replace function vectorize._note_invoker() returns trigger
+language plpgsql as $$
+begin
+    perform pg_catalog.set_config('vectorize.invoker', current_user, true);
+    return new;
+end $$;
 
 -- The columns of vectorize.job that vectorize fills in or keeps itself.
 create or replace function vectorize._derived_job_columns() returns text[]

@@ -141,12 +141,18 @@ end $$;
 -- Undo a redefinition: a build in progress is cancelled (its generation dropped); after a
 -- switch, the previous generation serves again at once (and the one it replaces is kept for
 -- p_keep_seconds, so this can be undone the same way). Returns what was done.
+-- SECURITY DEFINER (it drops or swaps tables of vectorize's): the role that logged in must be one
+-- that may UPDATE vectorize.job, as a redefinition needs.
 create or replace function vectorize.rollback_job(p_job_name text, p_keep_seconds float8 default 3600)
-returns table (action text, generation int) language plpgsql as $$
+returns table (action text, generation int) language plpgsql security definer as $$
 declare
     j vectorize.job := vectorize._job_by_name(p_job_name);
     g vectorize.generation;
 begin
+    if not pg_catalog.has_table_privilege(session_user, 'vectorize.job', 'UPDATE') then
+        perform vectorize._fail('42501', format('permission denied: role %s may not redefine jobs (UPDATE on vectorize.job)',
+                                               to_json(session_user::text)));
+    end if;
     -- The job row first, as a switch takes it: a rollback and a switch go one after the other.
     perform 1 from vectorize.job where id = j.id for update;
     select * into g from vectorize.generation where job_id = j.id for update;

@@ -5,7 +5,7 @@
 
 -- Check a job definition and fill in what the catalog says (src_relid, pk_type, dimension).
 -- Used for a new job and for a redefinition alike, so both give the same answers.
-create or replace function vectorize._check_definition(new vectorize.job) returns vectorize.job
+create or replace function vectorize._check_definition(new vectorize.job, p_role name default current_user) returns vectorize.job
 language plpgsql stable as $$
 declare
     v_nsp      oid;
@@ -82,9 +82,10 @@ begin
     if not found then
         perform vectorize._fail('VZ404', format('table %s does not exist in schema %s', to_json(new.src_table), to_json(new.src_schema)));
     end if;
-    if not has_table_privilege(v_rel, 'SELECT') then
-        perform vectorize._fail('42501', format('permission denied: role %s cannot read table %s', to_json(current_user), v_qualified),
-            format('GRANT SELECT, TRIGGER ON %s TO %I', v_qualified, current_user));
+    -- The role asking (p_role: the caller, also when the check runs with vectorize's rights).
+    if not has_table_privilege(p_role, v_rel, 'SELECT') then
+        perform vectorize._fail('42501', format('permission denied: role %s cannot read table %s', to_json(p_role), v_qualified),
+            format('GRANT SELECT, TRIGGER ON %s TO %I', v_qualified, p_role));
     end if;
 
     foreach v_col in array new.src_columns || array[new.primary_key, new.update_time_col] loop
@@ -206,14 +207,17 @@ end $$;
 -- job's, built as a new generation beside the serving one (vectorize.generation), and the job
 -- row keeps the serving definition until the worker switches to the new one when it is complete.
 -- Which source rows a job embeds (name, schema, table, key) cannot change: that is another job.
+-- SECURITY DEFINER: an application role granted UPDATE on vectorize.job redefines its jobs without
+-- any right in schema vectorize; what it may do is checked here against the caller (v_invoker).
 create or replace function vectorize._redefine_job() returns trigger
-language plpgsql as $$
+language plpgsql security definer as $$
 declare
-    v_spare  vectorize.generation;
-    v_wanted vectorize.job;
-    v_set    text;
+    v_spare   vectorize.generation;
+    v_wanted  vectorize.job;
+    v_set     text;
+    v_invoker name := current_setting('vectorize.invoker')::name;  -- noted by vectorize._note_invoker
 begin
-    if not vectorize._is_daemon() then
+    if not vectorize._is_daemon(v_invoker) then
         -- Another role may redefine a job, never set what vectorize derives: a pk_type of
         -- 'integer /* anything */' would run in every statement the daemon builds from it.
         select string_agg(n.key, ', ' order by n.key) into v_set
@@ -245,7 +249,7 @@ begin
     if old.status = 'failed' then
         perform vectorize._fail('VZ409', format('job %s has failed (%s); delete it and create it again', to_json(old.job_name), old.status_message));
     end if;
-    v_wanted := vectorize._check_definition(new);
+    v_wanted := vectorize._check_definition(new, v_invoker);
     select * into v_spare from vectorize.generation g where g.job_id = old.id;
     if not (v_spare.state = 'building' and vectorize._definition(vectorize._with_definition(old, v_spare))
                                             is not distinct from vectorize._definition(v_wanted)) then
@@ -586,7 +590,7 @@ end $$;
 -- generation (UPDATE that clears objects_version), the regenerable ones: the capture function (it
 -- writes every generation) and the view (it shows the serving one). A dry run builds nothing.
 create or replace function vectorize._build_job_objects() returns trigger
-language plpgsql as $$
+language plpgsql security definer as $$
 begin
     if current_setting('vectorize.dry_run', true) = 'on' then
         return null;
@@ -601,8 +605,10 @@ end $$;
 
 -- Deleting the job row removes everything the job built, every generation included; the
 -- capture triggers depend on the capture function, so CASCADE takes them off the source too.
+-- SECURITY DEFINER, like vectorize._build_job_objects: a role granted DELETE on vectorize.job owns
+-- nothing of what the job built.
 create or replace function vectorize._drop_job_objects() returns trigger
-language plpgsql as $$
+language plpgsql security definer as $$
 begin
     execute format('drop view if exists vectorize.%I', old.job_name || '_view');
     execute format('drop function if exists vectorize.%I() cascade', '_capture_' || old.job_name);
@@ -620,6 +626,7 @@ declare
 begin
     for t in select * from (values
         ('validate_job', 'before insert', '_validate_job'),
+        ('invoker_noted', 'before update', '_note_invoker'),  -- fires before redefine_job (name order)
         ('redefine_job', 'before update', '_redefine_job'),
         ('create_job_objects', 'after insert', '_build_job_objects'),
         ('reinstall_job_objects', 'after update', '_build_job_objects'),
@@ -632,6 +639,9 @@ begin
                        t.fn);
     end loop;
 end $$;
+-- The trigger functions that run with vectorize's rights are fired by the triggers above (which
+-- need no EXECUTE); nobody may attach them to a table of their own.
+revoke execute on function vectorize._redefine_job(), vectorize._build_job_objects(), vectorize._drop_job_objects() from public;
 
 -- The API's entry point: insert through the same trigger and return the id,
 -- also when an identical job already existed (the trigger skipped the insert).
