@@ -148,7 +148,8 @@ create function public.to_tsvector(text, text) returns tsvector language plpgsql
 """
 
 
-async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, products, api, start_worker, db_url) -> None:
+@pytest.mark.parametrize("schema", ["public", "the daemon's $user schema"])
+async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, products, api, start_worker, db_url, schema) -> None:
     """CVE-2018-1058's pattern: a role that may create in ``public`` defines better-matching
     overloads of built-ins our SQL calls. Nothing of the daemon's (a live batch, an API search, a
     psql user's vectorize.search()) may ever run them: their rights are not ours."""
@@ -162,13 +163,17 @@ async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, produc
     conn.execute("grant usage, create on schema public to vz_shadow")
     conn.execute("grant usage on schema vectorize to vz_shadow")
     conn.execute("grant select on vectorize.job to vz_shadow")
+    target = "public"
+    if schema != "public":  # a schema the attacker owns, named as the daemon's role: first on its default path
+        target = conn.execute("select current_user as u").fetchone()["u"]
+        conn.execute(sql.SQL("create schema {} authorization vz_shadow").format(sql.Identifier(target)))
     try:
         create_job(conn)
         start_worker()
         await wait_until(lambda: conn.execute("select count(*) as n from vectorize._embeddings_my_job").fetchone()["n"] == 40)
         with psycopg.connect(psycopg.conninfo.make_conninfo(db_url, user="vz_shadow"), autocommit=True) as shadow:
-            shadow.execute(SHADOWS)
-            conn.execute("grant insert on public.loot to public")  # so that any victim's call could write it
+            shadow.execute(sql.SQL(SHADOWS.replace("public.", "{schema}.")).format(schema=sql.Identifier(target)))
+            conn.execute(sql.SQL("grant insert on {}.loot to public").format(sql.Identifier(target)))  # any victim may write it
         conn.execute("update my_products set description = 'a changed text' where product_id = 1")
         await wait_until(
             lambda: (
@@ -187,7 +192,8 @@ async def test_functions_shadowed_in_public_never_run_as_the_daemon(conn, produc
             " 5, '{}', 'camping')"
         ).fetchone()
         assert rows["n"] == 5
-        assert conn.execute("select count(*) as n from public.loot").fetchone()["n"] == 0
+        loot = conn.execute(sql.SQL("select count(*) as n from {}.loot").format(sql.Identifier(target))).fetchone()
+        assert loot["n"] == 0
     finally:
         conn.execute("drop owned by vz_shadow cascade")
         conn.execute("drop role vz_shadow")
@@ -241,6 +247,10 @@ async def test_the_readme_setup_three_roles(least_privilege_db: str, catalog, st
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 intruder.execute(statement)
 
+    with psycopg.connect(least_privilege_db) as owner:  # every attack changed nothing
+        job = owner.execute("select status, pk_type, src_relid::regclass::text from vectorize.job").fetchone()
+        assert job == ("active", "integer", "my_products")
+        assert owner.execute("select count(*) from vectorize._embeddings_my_job").fetchone()[0] == 2
     with psycopg.connect(manager_url, autocommit=True) as manager:
         manager.execute("delete from vectorize.job where job_name = 'my_job'")
     with psycopg.connect(least_privilege_db) as owner:
