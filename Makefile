@@ -41,6 +41,7 @@ wheel-check:
 lint: $(STAMP)
 	$(BIN)/ruff check vectorize tests bench
 	$(BIN)/ruff format --check vectorize tests bench
+	$(BIN)/mypy
 
 # sentence-transformers and PyTorch live only in .venv-bench, for the comparison.
 BENCH_STAMP := .venv-bench/.installed-stamp

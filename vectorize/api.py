@@ -21,6 +21,7 @@ from aiohttp import web
 from . import jobs, metrics, search
 from .access import DAEMON, Principal, Tokens, is_loopback, load_tokens
 from .config import Settings
+from .db import Connection, Pool
 from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .embedding.errors import EmbedderUnavailable
@@ -31,7 +32,7 @@ from .query_embedding import QueryEmbedder
 
 log = logging.getLogger(__name__)
 
-POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool)
+POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool[Connection])
 CATALOG = web.AppKey("catalog", ModelCatalog)
 QUERIES = web.AppKey("queries", QueryEmbedder)
 SETTINGS = web.AppKey("settings", Settings)
@@ -321,7 +322,7 @@ async def search_post(request: web.Request) -> web.Response:
     return await _search_response(request, args, filters)
 
 
-async def _database_ok(pool: psycopg_pool.AsyncConnectionPool) -> bool:
+async def _database_ok(pool: Pool) -> bool:
     try:
         async with pool.connection(timeout=2) as conn:
             await conn.execute(query("ping"))
@@ -365,7 +366,7 @@ async def health_ready(request: web.Request) -> web.Response:
 #: Request-line and header limits handed to aiohttp's parser. Requests within them get
 #: our JSON errors; beyond them aiohttp itself answers a plain-text 400 before any
 #: handler runs (64 KiB of query string is far more than any search needs).
-HTTP_PARSER_LIMITS = {"max_line_size": 65536, "max_field_size": 65536}
+HTTP_PARSER_LIMITS: dict[str, Any] = {"max_line_size": 65536, "max_field_size": 65536}
 
 
 def api_tokens(settings: Settings) -> Tokens:
@@ -373,7 +374,7 @@ def api_tokens(settings: Settings) -> Tokens:
     return Tokens(settings.api_token, load_tokens(settings.api_tokens) if settings.api_tokens else None)
 
 
-def create_app(settings: Settings, pool: psycopg_pool.AsyncConnectionPool, catalog: ModelCatalog) -> web.Application:
+def create_app(settings: Settings, pool: Pool, catalog: ModelCatalog) -> web.Application:
     """The API over an opened (or to-be-opened) pool; the caller owns both resources."""
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, boundary_middleware(settings), auth_middleware(api_tokens(settings))],

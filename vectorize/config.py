@@ -100,7 +100,7 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
         """Read ``DATABASE_URL``, ``OPENAI_API_KEY`` and ``VECTORIZE_*``; keyword overrides (from flags) win."""
         env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(env_name(f.name))
             if raw is None or raw == "":

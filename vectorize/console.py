@@ -10,14 +10,13 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import jobs
 from .config import Settings
-from .db import make_pool
+from .db import Pool, make_pool
 from .dry_run import plan
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .paths import SQL_DIR
@@ -40,7 +39,7 @@ DEMO_JOB = {
 
 
 @asynccontextmanager
-async def _pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+async def _pool(settings: Settings) -> AsyncIterator[Pool]:
     """A small pool for one command, so the console calls the same domain functions as the API."""
     pool = make_pool(settings.database_url or "", min_size=1, max_size=2, name="console")
     await pool.open()
@@ -253,7 +252,7 @@ async def demo(settings: Settings, catalog: ModelCatalog) -> int:
     async with _pool(settings) as pool:
         async with pool.connection() as conn:
             exists = await (await conn.execute(query("table_exists"), {"name": "public.my_products"})).fetchone()
-            if not exists["exists"]:
+            if exists is None or not exists["exists"]:
                 await conn.execute((SQL_DIR / "demo" / "my_products.sql").read_text().encode())
                 console.print("created table my_products with 40 products")
         await jobs.create_job(pool, DEMO_JOB)

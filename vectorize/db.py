@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg.vector import register_vector_info
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,6 +19,11 @@ from .errors import UserError
 from .queries import function_files, migration_files, query
 
 log = logging.getLogger(__name__)
+
+#: The daemon's connections: rows as dicts (column name -> value).
+Connection = psycopg.AsyncConnection[DictRow]
+#: A pool of them (make_pool).
+Pool = AsyncConnectionPool[Connection]
 
 
 class PgvectorMissing(RuntimeError):
@@ -132,14 +137,14 @@ def migrate(database_url: str) -> list[str]:
             for name, body in migration_files(vector_schema):
                 if name in done:
                     continue
-                conn.execute(body.encode())  # type: ignore[call-overload]
+                conn.execute(body.encode())
                 conn.execute(query("record_migration"), {"name": name})
                 applied.append(name)
             functions = function_files(vector_schema)
             digest = "functions:" + hashlib.sha256("".join(n + b for n, b in functions).encode()).hexdigest()
             if applied or conn.execute(query("functions_applied"), {"name": digest}).fetchone() is None:
                 for _, body in functions:
-                    conn.execute(body.encode())  # type: ignore[call-overload]
+                    conn.execute(body.encode())
                 conn.execute(query("forget_functions"))
                 conn.execute(query("record_migration"), {"name": digest})
             row = conn.execute(query("refresh_job_objects")).fetchone()
@@ -167,8 +172,8 @@ def publish_models(conn: psycopg.Connection, models: list[ModelInfo]) -> None:
             )
 
 
-def _configurer(statement_timeout: float | None) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:
-    async def configure(conn: psycopg.AsyncConnection) -> None:
+def _configurer(statement_timeout: float | None) -> Callable[[Connection], Awaitable[None]]:
+    async def configure(conn: Connection) -> None:
         # Keep the pool's idle connections out of a transaction.
         await conn.set_autocommit(True)
         await _configure_async(conn)
@@ -186,7 +191,7 @@ def make_pool(
     name: str = "vectorize",
     timeout: float = 5.0,
     statement_timeout: float | None = None,
-) -> AsyncConnectionPool:
+) -> Pool:
     """A pool that reconnects by itself after a server restart (checked before each use).
 
     ``timeout`` bounds the wait for a connection, so a request during a database outage
@@ -194,6 +199,7 @@ def make_pool(
     every statement on its connections, so no request holds one for long."""
     return AsyncConnectionPool(
         database_url,
+        connection_class=Connection,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,

@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
+from .db import Pool
 from .embedding.catalog import Embedder, ModelCatalog
 from .embedding.chunking import split_texts
 from .embedding.remote import OpenAIEmbedder
@@ -73,7 +72,7 @@ def _rate(embedder: Embedder, work: Work) -> float | None:
     return tokens / (time.perf_counter() - started)
 
 
-async def plan(pool: AsyncConnectionPool, catalog: ModelCatalog, definition: dict[str, Any], *, redefine: bool) -> dict[str, Any]:
+async def plan(pool: Pool, catalog: ModelCatalog, definition: dict[str, Any], *, redefine: bool) -> dict[str, Any]:
     """The answer to ``?dry_run=true`` on create (``redefine=False``) or PUT."""
     params = with_defaults(definition)
     job_name = params["job_name"]

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from .db import Pool
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
 
@@ -44,6 +44,11 @@ SEARCH_FIELDS: dict[str, tuple[type, object]] = {
 _TYPE_NAMES = {str: "a string", list: "an array of strings", bool: "true or false", int: "an integer"}
 
 
+def _has_type(value: Any, kind: type) -> bool:
+    """isinstance, without narrowing ``value`` for the type checker (the kinds vary per field)."""
+    return isinstance(value, kind)
+
+
 def _type_name(value: object) -> str:
     return type(value).__name__ if value is not None else "null"
 
@@ -63,9 +68,10 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     if missing:
         raise UserError(400, f"{missing[0]} is required")
     definition: dict[str, Any] = {}
+    value: Any
     for field, kind in JOB_FIELDS.items():
         value = body[field]
-        if not isinstance(value, kind):
+        if not _has_type(value, kind):
             raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}, got {_type_name(value)}")
         if kind is list:
             if not all(isinstance(v, str) for v in value):
@@ -87,7 +93,7 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
             definition[field] = value
             continue
         nullable = default is None
-        if not (value is None and nullable) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        if not (value is None and nullable) and (not _has_type(value, kind) or (kind is int and isinstance(value, bool))):
             raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
         if kind is int and value is not None and not -(2**31) <= value < 2**31:
             raise UserError(400, f"{field} {value} is out of range")
@@ -95,7 +101,7 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
     return definition
 
 
-async def create_job(pool: AsyncConnectionPool, definition: dict[str, Any], role: str | None = None) -> str:
+async def create_job(pool: Pool, definition: dict[str, Any], role: str | None = None) -> str:
     """Insert the job (the trigger validates and builds its objects); returns its id. For a
     ``role`` (an API token's), only over columns that role may read."""
     params = with_defaults(definition)
@@ -129,7 +135,7 @@ def same_definition(row: dict[str, Any], definition: dict[str, Any]) -> bool:
     return all(row[f] == definition[f] for f in DEFINITION if f != "job_name")
 
 
-async def job_definition(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]:
+async def job_definition(pool: Pool, job_name: str) -> dict[str, Any]:
     """The job's serving definition, as a create request would give it; 404 if there is no such job."""
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
@@ -138,9 +144,7 @@ async def job_definition(pool: AsyncConnectionPool, job_name: str) -> dict[str, 
     return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SEARCH_FIELDS) if f != "job_name"}}
 
 
-async def redefine_job(
-    pool: AsyncConnectionPool, definition: dict[str, Any], keep_seconds: float, role: str | None = None
-) -> dict[str, Any]:
+async def redefine_job(pool: Pool, definition: dict[str, Any], keep_seconds: float, role: str | None = None) -> dict[str, Any]:
     """Change a job's definition online (the UPDATE a psql user would write): a new generation is
     built beside the serving one and switched to when complete. The serving definition again
     cancels a build in progress. ``action`` in the answer: building, unchanged or cancelled."""
@@ -178,7 +182,7 @@ async def redefine_job(
     return await _politely(pool, job_name, "redefined", redefine, role)
 
 
-async def rollback_job(pool: AsyncConnectionPool, job_name: str, keep_seconds: float, role: str | None = None) -> dict[str, Any]:
+async def rollback_job(pool: Pool, job_name: str, keep_seconds: float, role: str | None = None) -> dict[str, Any]:
     """Cancel a build in progress, or switch back to the previous generation (instantly)."""
 
     async def rollback(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
@@ -206,7 +210,7 @@ SOURCE_LOCK_TIMEOUT, SOURCE_LOCK_TRIES, SOURCE_LOCK_RETRY_PAUSE = "500ms", 8, 0.
 
 
 async def _politely(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     job_name: str,
     action: str,
     work: Callable[[AsyncConnection[Any]], Awaitable[T]],
@@ -234,7 +238,7 @@ async def _politely(
     raise AssertionError("unreachable")
 
 
-async def delete_job(pool: AsyncConnectionPool, job_name: str, role: str | None = None) -> None:
+async def delete_job(pool: Pool, job_name: str, role: str | None = None) -> None:
     """Delete the job and everything it built; 404 if there is no such job, 409 if its source table
     stayed busy (a long transaction holds it) through every try."""
 
@@ -256,7 +260,7 @@ def _status_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def list_jobs(pool: AsyncConnectionPool, role: str | None = None) -> list[dict[str, Any]]:
+async def list_jobs(pool: Pool, role: str | None = None) -> list[dict[str, Any]]:
     """Every job's status; for a ``role``, only the jobs whose source it may read."""
     async with pool.connection() as conn:
         rows = await (await conn.execute(query("job_status_all"))).fetchall()
@@ -288,13 +292,13 @@ async def _readable(conn: AsyncConnection[Any], role: str) -> set[str]:
         raise UserError(403, f"this token's role {role!r} does not exist") from exc
 
 
-async def job_gauges(pool: AsyncConnectionPool) -> list[dict[str, Any]]:
+async def job_gauges(pool: Pool) -> list[dict[str, Any]]:
     """Queue, failure and embedding counts per job, without counting source tables (for /metrics)."""
     async with pool.connection() as conn:
         return await (await conn.execute(query("job_gauges"))).fetchall()
 
 
-async def job_status(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]:
+async def job_status(pool: Pool, job_name: str) -> dict[str, Any]:
     """One job's definition and progress; 404 if there is no such job."""
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_status_one"), {"job_name": job_name})).fetchone()
@@ -303,7 +307,7 @@ async def job_status(pool: AsyncConnectionPool, job_name: str) -> dict[str, Any]
     return _status_row(row)
 
 
-async def show_job(pool: AsyncConnectionPool, job_name: str, errors: int = 10, role: str | None = None) -> dict[str, Any]:
+async def show_job(pool: Pool, job_name: str, errors: int = 10, role: str | None = None) -> dict[str, Any]:
     """``job_status`` plus the job's most recent failures; for a ``role`` that may not read the
     job's source, 404 as if there were no such job."""
     if role is not None:

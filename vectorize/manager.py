@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
-from .db import connect_async
+from .db import Connection, Pool, connect_async
 from .queries import query
 from .scheduler import Lane
 
@@ -98,7 +97,7 @@ SCAN_BUSY = -2  # another worker is advancing it right now
 class BatchTransaction:
     """One batch's transaction: claim, read, write, finish; committed together or not at all."""
 
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     async def claim(self, job_id: Any, lane: Lane, limit: int) -> list[Claimed]:
@@ -149,7 +148,7 @@ class BatchTransaction:
 
 
 class JobManager:
-    def __init__(self, pool: AsyncConnectionPool, database_url: str) -> None:
+    def __init__(self, pool: Pool, database_url: str) -> None:
         self.pool = pool
         self.database_url = database_url
         self._index_conn: psycopg.AsyncConnection | None = None
@@ -237,7 +236,8 @@ class JobManager:
         for row in await (await conn.execute(query("hnsw_rebuilds"))).fetchall():
             job, generation = row[0], row[1]
             key = {"key": f"vectorize.hnsw:{job}${generation}"}
-            if not (await (await conn.execute(query("try_index_lock"), key)).fetchone())[0]:
+            locked = await (await conn.execute(query("try_index_lock"), key)).fetchone()
+            if locked is None or not locked[0]:
                 continue  # another worker is building it
             try:
                 for statement in row[4]:

@@ -22,7 +22,7 @@ def _load() -> dict[str, str]:
 
 def query(name: str) -> sql.SQL:
     """The query called ``name``, ready to execute with named parameters."""
-    return sql.SQL(_load()[name])  # type: ignore[arg-type]
+    return sql.SQL(_load()[name])
 
 
 #: Written in the SQL files wherever a pgvector object is named (its type, operator class,

@@ -62,7 +62,9 @@ class QueryEmbedder:
                 texts = list(dict.fromkeys(text for text, _ in batch))
                 metrics.QUERY_BATCH.observe(len(texts))
                 try:
-                    encoder = self.catalog.loaded(model) or await asyncio.to_thread(self.catalog.get, model)
+                    encoder = self.catalog.loaded(model)
+                    if encoder is None:
+                        encoder = await asyncio.to_thread(self.catalog.get, model)
                     matrix = await asyncio.to_thread(encoder.embed, texts)
                 except Exception as exc:  # every waiting query gets the error (a 503 for the embedder)
                     for _, future in batch:

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
-from .db import act_as
+from .db import Pool, act_as
 from .errors import UserError, database_errors, reject_nul
 from .queries import query
 from .query_embedding import QueryEmbedder
@@ -80,7 +79,7 @@ def parse_wait_for_sync(raw: object) -> float | None:
     return seconds
 
 
-async def wait_until_synced(pool: AsyncConnectionPool, job_name: str, timeout: float) -> bool:
+async def wait_until_synced(pool: Pool, job_name: str, timeout: float) -> bool:
     """Read-your-writes: wait, up to ``timeout`` seconds, until every change to the job's table
     committed before this call is embedded. True if it is (the answer will be fresh)."""
     reject_nul("job_name", job_name)
@@ -148,7 +147,7 @@ class Answer:
 
 
 async def search(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     queries: QueryEmbedder,
     job_name: str,
     text: str,
@@ -190,7 +189,7 @@ async def search(
 
 
 async def _search_once(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     queries: QueryEmbedder,
     job_name: str,
     text: str,

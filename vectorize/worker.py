@@ -23,11 +23,10 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
 from .config import Settings
-from .db import make_pool
+from .db import Pool, make_pool
 from .embedding.catalog import Embedder, ModelCatalog
 from .embedding.chunking import split_texts
 from .embedding.encoder import BATCHES_IN_FLIGHT
@@ -105,7 +104,7 @@ def content_hash(text: str) -> bytes:
 
 
 class Worker:
-    def __init__(self, settings: Settings, catalog: ModelCatalog, pool: AsyncConnectionPool | None = None) -> None:
+    def __init__(self, settings: Settings, catalog: ModelCatalog, pool: Pool | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.policy = RetryPolicy.from_settings(settings)
@@ -507,15 +506,15 @@ class Worker:
                 continue  # left for the next batch: its queue items stay
             batch.done.add(pk)
             batch.embedded_rows += bool(row_wanted)
-            for model, texts in row_new.items():
-                batch.texts.setdefault(model, set()).update(texts)
+            for model, new_texts in row_new.items():
+                batch.texts.setdefault(model, set()).update(new_texts)
             for number, line in row_lines:
                 batch.lines[number].append(line)
             wanted.extend(row_wanted)
         vectors = batch.vectors
-        for model, texts in batch.texts.items():
-            vectors.update(((model, t), known[(model, t)]) for t in texts if (model, t) in known)
-            ordered = sorted(t for t in texts if (model, t) not in known)
+        for model, model_texts in batch.texts.items():
+            vectors.update(((model, t), known[(model, t)]) for t in model_texts if (model, t) in known)
+            ordered = sorted(t for t in model_texts if (model, t) not in known)
             if not ordered:
                 continue
             embedder = next(e for g, e, _ in plans if g.model == model)

@@ -28,10 +28,13 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Embedder(Protocol):
-    #: The most tokens one text may have (the model's window), as ``counter`` counts them.
-    max_tokens: int
-    #: Where the tokens of a text are, to plan chunks (None: count words).
-    counter: TokenCounter | None
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens one text may have (the model's window), as ``counter`` counts them."""
+
+    @property
+    def counter(self) -> TokenCounter | None:
+        """Where the tokens of a text are, to plan chunks (None: count words)."""
 
     def embed(self, texts: list[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray: ...
 

@@ -61,13 +61,13 @@ OUTLIER_SUFFIX = "_outliers"
 SILENCING_BIAS = -1e4
 
 
-def _smoothable(graph: object) -> list[object]:
+def _smoothable(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """GEMMs with constant weights whose input is not an attention output."""
-    weights = {init.name for init in graph.initializer}  # type: ignore[attr-defined]
-    producers = {out: node.op_type for node in graph.node for out in node.output}  # type: ignore[attr-defined]
+    weights = {init.name for init in graph.initializer}
+    producers = {out: node.op_type for node in graph.node for out in node.output}
     return [
         node
-        for node in graph.node  # type: ignore[attr-defined]
+        for node in graph.node
         if node.op_type in ("MatMul", "Attention")
         and len(node.input) > 1
         and node.input[1] in weights

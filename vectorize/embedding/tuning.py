@@ -117,7 +117,7 @@ class TuningPlan:
 
 def _cpuinfo() -> tuple[str, set[str]]:
     """The first CPU's model name and feature flags (the machine's architecture where unknown)."""
-    model, flags = platform.machine(), set()
+    model, flags = platform.machine(), set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and model == platform.machine():
