@@ -345,3 +345,7 @@ select bool_and(pg_catalog.has_column_privilege(%(role)s, c.oid, a.attname, 'SEL
   join pg_catalog.pg_namespace n on n.oid = c.relnamespace
   join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
  where n.nspname = %(schema)s and c.relname = %(table)s and a.attname = any(%(columns)s::text[]);
+
+-- name: model_known
+-- Whether vectorize.model lists a model (a provider's model is registered on first use).
+select exists (select from vectorize.model m where m.name = %(name)s) as known;

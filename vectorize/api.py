@@ -27,6 +27,7 @@ from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from .embedding.errors import EmbedderUnavailable
 from .errors import UserError
 from .openapi import SPEC
+from .provider_models import ensure_registered
 from .queries import query
 from .query_embedding import QueryEmbedder
 
@@ -176,6 +177,7 @@ async def create_table(request: web.Request) -> web.Response:
     definition = jobs.parse_job_definition(await _json_body(request))
     principal = _principal(request)
     principal.require_manage(definition["job_name"])
+    await ensure_registered(request.app[POOL], request.app[CATALOG], definition.get("model"))
     if dry_run:
         return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=False))
     job_id = await jobs.create_job(request.app[POOL], definition, principal.role)
@@ -196,6 +198,7 @@ async def redefine_table(request: web.Request) -> web.Response:
     definition = jobs.parse_job_definition(body)
     principal = _principal(request)
     principal.require_manage(job_name)
+    await ensure_registered(request.app[POOL], request.app[CATALOG], definition.get("model"))
     if dry_run:
         return web.json_response(await plan(request.app[POOL], request.app[CATALOG], definition, redefine=True))
     keep = request.app[SETTINGS].generation_keep_seconds

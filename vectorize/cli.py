@@ -46,6 +46,37 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_register(args: argparse.Namespace) -> int:
+    """Ask a provider's model for its dimension and list it in vectorize.model, so that jobs created
+    with INSERT in psql may name it (the API does this by itself on first use)."""
+    from .db import connect, publish_models
+    from .embedding.errors import EmbedderUnavailable
+    from .embedding.remote import RemoteEmbeddingError
+    from .service import model_catalog, prepare_database
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    catalog = model_catalog(settings)
+    if catalog.remote_protocol(args.name) is None:
+        print(
+            f"vectorize: {args.name!r} names no provider configured here; see the README's Models section "
+            "(openai/ needs OPENAI_API_KEY or VECTORIZE_OPENAI_MODELS, cohere/ COHERE_API_KEY, voyage/ VOYAGE_API_KEY, ...)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        settings, _ = prepare_database(settings, catalog)
+        info = catalog.probe_remote(args.name)
+    except (RemoteEmbeddingError, EmbedderUnavailable) as exc:
+        print(f"vectorize: model {args.name!r} could not be registered: {exc}", file=sys.stderr)
+        return 1
+    assert settings.database_url
+    with connect(settings.database_url) as conn:
+        publish_models(conn, [info])
+    print(f"model {info.name} registered (dimension {info.dimension})")
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .embedding.registry import export_paths, is_exported, load_manifests
     from .service import model_catalog
@@ -294,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     models = sub.add_parser("models", help="list or export embedding models").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="models this installation can run").set_defaults(func=cmd_models_list)
+    p = models.add_parser("register", help="list a provider's model (ollama/…, cohere/…) for jobs created in SQL")
+    p.add_argument("name", help="<provider>/<model>, e.g. ollama/nomic-embed-text")
+    p.set_defaults(func=cmd_models_register)
     p = models.add_parser("export", help="export models' ONNX graphs from their official weights")
     p.add_argument("names", nargs="*", help="model names (default: all)")
     p.add_argument("--force", action="store_true", help="export again even if the files exist")

@@ -94,7 +94,24 @@ class Settings:
     openai_api_key: str | None = _setting(None, "that API's key", env="OPENAI_API_KEY")
     openai_max_retries: int = _setting(3, "quick retries of a failed request before the job waits")
     openai_max_tokens: int = _setting(512, "chunk size for remote models, counted by the default model's tokenizer")
-    openai_backoff: float = _setting(0.5, "seconds before the first quick retry; doubles per retry")
+    openai_backoff: float = _setting(0.5, "seconds before the first quick retry; doubles per retry (every provider)")
+    ollama_base_url: str = _setting("http://localhost:11434", "Ollama's address, for ollama/<model>")
+    cohere_api_key: str | None = _setting(None, "Cohere's key, for cohere/<model>", env="COHERE_API_KEY")
+    cohere_base_url: str = _setting("https://api.cohere.com", "Cohere's API")
+    voyage_api_key: str | None = _setting(None, "Voyage AI's key, for voyage/<model>", env="VOYAGE_API_KEY")
+    voyage_base_url: str = _setting("https://api.voyageai.com/v1", "Voyage AI's API")
+    voyage_output_dimension: int | None = _setting(None, "Voyage's output_dimension (default: the model's)")
+    azure_openai_endpoint: str | None = _setting(
+        None,
+        "Azure OpenAI endpoint (https://<resource>.openai.azure.com), for azure/<deployment>",
+        env="AZURE_OPENAI_ENDPOINT",
+    )
+    azure_openai_api_key: str | None = _setting(None, "Azure OpenAI's api-key", env="AZURE_OPENAI_API_KEY")
+    azure_openai_api_version: str = _setting("2024-10-21", "Azure OpenAI's api-version")
+    portkey_api_key: str | None = _setting(None, "Portkey's key, for portkey/<model>", env="PORTKEY_API_KEY")
+    portkey_base_url: str = _setting("https://api.portkey.ai/v1", "Portkey's gateway")
+    portkey_provider: str = _setting("", "Portkey's x-portkey-provider header (e.g. openai)")
+    portkey_virtual_key: str = _setting("", "Portkey's x-portkey-virtual-key header")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

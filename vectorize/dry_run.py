@@ -14,7 +14,7 @@ from typing import Any
 from .db import Pool
 from .embedding.catalog import Embedder, ModelCatalog
 from .embedding.chunking import split_texts
-from .embedding.remote import OpenAIEmbedder
+from .embedding.remote import RemoteEmbedder
 from .errors import UserError, database_errors
 from .jobs import same_definition, with_defaults
 from .queries import query
@@ -62,7 +62,7 @@ def measure(embedder: Embedder, definition: dict[str, Any], texts: list[str]) ->
 def _rate(embedder: Embedder, work: Work) -> float | None:
     """Tokens per second of the engine, timed on a few of the sampled chunks (local models only:
     a remote model's time depends on its server, and its price on the tokens)."""
-    if embedder.counter is None or not work.chunk_texts or isinstance(embedder, OpenAIEmbedder):
+    if embedder.counter is None or not work.chunk_texts or isinstance(embedder, RemoteEmbedder):
         return None
     sample = work.chunk_texts[:: max(1, len(work.chunk_texts) // RATE_CHUNKS)][:RATE_CHUNKS]
     tokens = measure(embedder, {"chunking": False}, sample).tokens

@@ -65,7 +65,7 @@ class QueryEmbedder:
                     encoder = self.catalog.loaded(model)
                     if encoder is None:
                         encoder = await asyncio.to_thread(self.catalog.get, model)
-                    matrix = await asyncio.to_thread(encoder.embed, texts)
+                    matrix = await asyncio.to_thread(encoder.embed, texts, None, 0, "query")
                 except Exception as exc:  # every waiting query gets the error (a 503 for the embedder)
                     for _, future in batch:
                         if not future.done():

@@ -23,6 +23,7 @@ from .access import check_exposure
 from .api import HTTP_PARSER_LIMITS, api_tokens, create_app
 from .config import Settings
 from .db import connect, make_pool, migrate, publish_models
+from .embedding import providers
 from .embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
 from .embedding.errors import EmbedderUnavailable
 from .embedding.tuning import Tuner, TuningStore
@@ -42,6 +43,38 @@ SHUTDOWN_GRACE = 6.0
 MODEL_RETRY_MAX = 60.0
 
 
+def provider_protocols(settings: Settings) -> tuple[providers.Protocol, ...]:
+    """The remote providers configured (openai/ is the catalog's own, from its settings)."""
+    configured: list[providers.Protocol] = [providers.Ollama("ollama", settings.ollama_base_url.rstrip("/"))]
+    if settings.cohere_api_key:
+        configured.append(providers.Cohere("cohere", settings.cohere_base_url.rstrip("/"), settings.cohere_api_key))
+    if settings.voyage_api_key:
+        configured.append(
+            providers.Voyage(
+                "voyage",
+                settings.voyage_base_url.rstrip("/"),
+                settings.voyage_api_key,
+                dimension=settings.voyage_output_dimension,
+            )
+        )
+    if settings.azure_openai_endpoint and settings.azure_openai_api_key:
+        configured.append(
+            providers.Azure(
+                "azure",
+                settings.azure_openai_endpoint.rstrip("/"),
+                settings.azure_openai_api_key,
+                api_version=settings.azure_openai_api_version,
+            )
+        )
+    if settings.portkey_api_key:
+        routing = {"x-portkey-provider": settings.portkey_provider, "x-portkey-virtual-key": settings.portkey_virtual_key}
+        headers = {k: v for k, v in routing.items() if v}
+        configured.append(
+            providers.Portkey("portkey", settings.portkey_base_url.rstrip("/"), settings.portkey_api_key, headers=headers)
+        )
+    return tuple(configured)
+
+
 def model_catalog(settings: Settings) -> ModelCatalog:
     if settings.tune not in ("auto", "off"):
         raise ValueError(f"VECTORIZE_TUNE={settings.tune!r} is not valid: use auto or off")
@@ -56,11 +89,11 @@ def model_catalog(settings: Settings) -> ModelCatalog:
         openai_models=tuple(m.strip() for m in settings.openai_models.split(",") if m.strip()),
         openai_base_url=settings.openai_base_url,
         openai_api_key=settings.openai_api_key,
+        protocols=provider_protocols(settings),
+        remote_retries=settings.openai_max_retries,
+        remote_backoff=settings.openai_backoff,
+        remote_max_tokens=settings.openai_max_tokens,
     )
-    for embedder in catalog.remote.values():
-        embedder.max_retries = settings.openai_max_retries
-        embedder.backoff = settings.openai_backoff
-        embedder.max_tokens = settings.openai_max_tokens
     return catalog
 
 

@@ -1,8 +1,8 @@
 """The model catalogue: every model this process can run, by name, and one loaded
 embedder per model (ONNX sessions are large and slow to create).
 
-Local models come from the manifests in ``models/``; remote ones are the configured
-``openai/<model>`` names, whose dimension is learned by asking their server once."""
+Local models come from the manifests in ``models/``; remote ones are ``<provider>/<model>`` for each
+provider configured (providers.py), whose dimension is learned by asking their server once."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from typing import Protocol
 
 import numpy as np
 
+from . import providers
 from .encoder import TokenCounter
 from .errors import EmbedderUnavailable
+from .providers import Kind
 from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir
-from .remote import DEFAULT_BASE_URL, PREFIX, OpenAIEmbedder, RemoteEmbeddingError
+from .remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
 from .tuning import Tuner, TuningStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ class Embedder(Protocol):
     def counter(self) -> TokenCounter | None:
         """Where the tokens of a text are, to plan chunks (None: count words)."""
 
-    def embed(self, texts: list[str], abort: threading.Event | None = None, priority: int = 0) -> np.ndarray: ...
+    def embed(
+        self, texts: list[str], abort: threading.Event | None = None, priority: int = 0, kind: Kind = "document"
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -60,20 +64,52 @@ class ModelCatalog:
         openai_base_url: str = DEFAULT_BASE_URL,
         openai_api_key: str | None = None,
         tuner: Tuner | None = None,
+        protocols: tuple[providers.Protocol, ...] = (),
+        remote_retries: int = 3,
+        remote_backoff: float = 0.5,
+        remote_max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
+        """``openai_models``: the ``openai/<model>`` names allowed (any, when empty and a key or a
+        list is configured); ``protocols``: the other providers configured, one per prefix."""
         self.models_dir = models_dir
         self.threads = threads
         #: Default: measure on first use, store beside the manifests (a service passes its state dir).
         self.tuner = tuner or Tuner(TuningStore([models_dir]), models_dir, threads or os.cpu_count() or 1)
         self.manifests: dict[str, ModelManifest] = load_manifests(models_dir)
         self._embedders: dict[str, Embedder] = {}
-        self.remote: dict[str, OpenAIEmbedder] = {}
-        for model in openai_models:
-            name = model if model.startswith(PREFIX) else PREFIX + model
-            self.remote[name] = OpenAIEmbedder(name, api_key=openai_api_key, base_url=openai_base_url)
-            self.remote[name].counter = self._default_counter()
-            self._embedders[name] = self.remote[name]
+        self.remote: dict[str, RemoteEmbedder] = {}
+        self._remote_retries, self._remote_backoff, self._remote_max_tokens = remote_retries, remote_backoff, remote_max_tokens
+        self.protocols: dict[str, providers.Protocol] = {p.prefix: p for p in protocols}
+        #: openai/<model> names allowed; None: any (a key is configured and no list).
+        self.openai_allowed: set[str] | None = {m if m.startswith(PREFIX) else PREFIX + m for m in openai_models} or None
+        if openai_models or openai_api_key:
+            self.protocols["openai"] = providers.OpenAI("openai", openai_base_url.rstrip("/"), openai_api_key)
+        for name in self.openai_allowed or ():
+            self._remote(name)
         self._lock = threading.Lock()
+
+    def remote_protocol(self, name: str) -> providers.Protocol | None:
+        """The provider that runs ``name`` (``<prefix>/<model>``), or None when none is configured."""
+        prefix, _, model = name.partition("/")
+        protocol = self.protocols.get(prefix)
+        if protocol is None or not model or name in self.manifests:
+            return None
+        if prefix == "openai" and self.openai_allowed is not None and name not in self.openai_allowed:
+            return None
+        return protocol
+
+    def _remote(self, name: str) -> RemoteEmbedder:
+        embedder = self.remote.get(name)
+        if embedder is None:
+            protocol = self.remote_protocol(name)
+            if protocol is None:
+                raise EmbedderUnavailable(f"model {name!r} names no provider configured here")
+            embedder = RemoteEmbedder(name, protocol, max_retries=self._remote_retries, backoff=self._remote_backoff)
+            embedder.counter = self._default_counter()
+            embedder.max_tokens = self._remote_max_tokens
+            self.remote[name] = embedder
+            self._embedders[name] = embedder
+        return embedder
 
     def _default_counter(self) -> TokenCounter | None:
         """The default model's tokenizer, which counts tokens for remote models' chunks (their own
@@ -89,23 +125,21 @@ class ModelCatalog:
         return [ModelInfo(m.name, m.dimension, m.max_tokens, "onnx", m.precision) for m in self.manifests.values()]
 
     def probe_remote(self, name: str) -> ModelInfo:
-        """Ask a remote model's server for its dimension; raises EmbedderUnavailable while it is down."""
-        embedder = self.remote[name]
-        try:
-            dimension = embedder.dimension or embedder.embed(["dimension probe"]).shape[1]
-        except RemoteEmbeddingError as exc:
-            raise EmbedderUnavailable(str(exc)) from None
-        return ModelInfo(name, dimension, None, "openai", "remote")
+        """Ask a remote model's server for its dimension; raises EmbedderUnavailable while it is down,
+        RemoteEmbeddingError when it refuses the model."""
+        embedder = self._remote(name)
+        dimension = embedder.dimension or embedder.embed(["dimension probe"]).shape[1]
+        return ModelInfo(name, dimension, None, embedder.protocol.prefix, "remote")
 
     def available(self) -> tuple[list[ModelInfo], dict[str, str]]:
         """Every model this process can run now, and the remote ones whose server did not
         answer (name -> why), which the service keeps asking for in the background."""
         models = self.local_models()
         unavailable: dict[str, str] = {}
-        for name in self.remote:
+        for name in list(self.remote):
             try:
                 models.append(self.probe_remote(name))
-            except EmbedderUnavailable as exc:
+            except (EmbedderUnavailable, RemoteEmbeddingError) as exc:
                 log.warning("event=remote_model_unavailable model=%s error=%r", name, str(exc))
                 unavailable[name] = str(exc)
         return models, unavailable
@@ -132,6 +166,8 @@ class ModelCatalog:
         """The model's embedder, loaded on first use; EmbedderUnavailable if it cannot be."""
         with self._lock:
             embedder = self._embedders.get(model)
+            if embedder is None and self.remote_protocol(model) is not None:
+                embedder = self._remote(model)
             if embedder is None:
                 manifest = self.manifests.get(model)
                 if manifest is None:

@@ -183,12 +183,15 @@ class Encoder:
         }
         self.failure_hook: FailureHook | None = None
 
-    def embed(self, texts: Sequence[str], abort: threading.Event | None = None, priority: int = URGENT) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], abort: threading.Event | None = None, priority: int = URGENT, kind: str = "document"
+    ) -> np.ndarray:
         """Embed ``texts`` in their given order; rows are L2-normalised float32.
 
         ``abort`` is checked between inference calls (each well under a second), so a
         shutdown never waits for a whole large batch. ``priority`` (URGENT or BULK) decides
-        who gets the next free session when calls overlap."""
+        who gets the next free session when calls overlap. ``kind`` ("document" or "query") is the
+        same for both here: these models embed rows and queries alike."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out

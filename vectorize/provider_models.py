@@ -1,0 +1,48 @@
+"""A provider's model (``ollama/…``, ``cohere/…``, ``openai/…`` with a key) is registered the first
+time a job names it: its server is asked once for the dimension, which the job's table needs, and
+the answer goes into ``vectorize.model``, where the job trigger finds it. ``vectorize models add``
+does the same ahead of time, for jobs created by ``INSERT`` in psql."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .db import Pool
+from .embedding.catalog import ModelCatalog, ModelInfo
+from .embedding.remote import RemoteEmbeddingError, RemoteUnavailable
+from .errors import UserError
+from .queries import query
+
+
+async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) -> None:
+    """Register ``model`` if a configured provider runs it and the database does not list it yet.
+    Its server down: 503; the server refusing the model (a wrong name, 404): 400 with its message."""
+    if not isinstance(model, str) or catalog.remote_protocol(model) is None:
+        return
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query("model_known"), {"name": model})).fetchone()
+    if row is not None and row["known"]:
+        return
+    try:
+        info = await asyncio.to_thread(catalog.probe_remote, model)
+    except RemoteEmbeddingError as exc:
+        # The server's own words, without its address (error bodies name no internal service).
+        detail = str(exc).replace(catalog.remote[model].base_url, model.split("/", 1)[0])
+        if isinstance(exc, RemoteUnavailable) and exc.status != 404:
+            raise UserError(503, f"model {model!r} cannot be reached now ({detail}); retry shortly") from None
+        raise UserError(400, f"model {model!r} was refused by its provider: {detail}") from None
+    await register(pool, info)
+
+
+async def register(pool: Pool, info: ModelInfo) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            query("upsert_model"),
+            {
+                "name": info.name,
+                "dimension": info.dimension,
+                "max_tokens": info.max_tokens,
+                "provider": info.provider,
+                "precision": info.precision,
+            },
+        )
