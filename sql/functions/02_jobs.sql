@@ -429,8 +429,12 @@ declare
     v_name text := vectorize._embeddings_name(g.job_name, g.generation);
     v_emb  text := vectorize._embeddings_table(g.job_name, g.generation);
 begin
+    -- A generation's table keeps its definition for life, so a policy in place is the right one;
+    -- replacing it would lock the table against every batch and capture function writing it.
+    if exists (select from pg_catalog.pg_policy p where p.polrelid = v_emb::regclass and p.polname = 'visible_source_rows') then
+        return;
+    end if;
     execute format('alter table %s enable row level security', v_emb);
-    execute format('drop policy if exists visible_source_rows on %s', v_emb);
     execute format('create policy visible_source_rows on %s for select using (%s exists (select from %s s where s.%I = %I.%I))',
                    v_emb,
                    (select string_agg(format('pg_catalog.has_column_privilege(%s::pg_catalog.oid, %L, ''SELECT'') and ',
