@@ -52,7 +52,7 @@ on conflict (name) do update
 -- name: create_job
 select vectorize.create_job(%(job_name)s, %(src_schema)s, %(src_table)s, %(src_columns)s,
                             %(primary_key)s, %(update_time_col)s, %(model)s,
-                            %(chunking)s, %(chunk_tokens)s::int, %(chunk_overlap)s::int) as id;
+                            %(chunking)s, %(chunk_tokens)s::int, %(chunk_overlap)s::int, %(language)s) as id;
 
 -- name: delete_job
 delete from vectorize.job where job_name = %(job_name)s returning id;
@@ -121,7 +121,7 @@ select pk, nextval(pg_catalog.pg_get_serial_sequence('vectorize.queue', 'id')) a
 select generation, model, chunking, chunk_tokens, chunk_overlap, serving from vectorize.job_generations(%(job_id)s);
 
 -- name: read_rows
-select pk, content, source_updated_at, stored_hashes from vectorize.read_rows(%(job_id)s, %(generation)s, %(pks)s);
+select pk, content, source_updated_at, stored_hashes, fts_stale from vectorize.read_rows(%(job_id)s, %(generation)s, %(pks)s);
 
 -- name: create_staging
 -- One line per chunk of each row of a batch (03_worker.sql).
@@ -154,6 +154,7 @@ select action, generation from vectorize.rollback_job(%(job_name)s, %(keep_secon
 update vectorize.job
    set src_columns = %(src_columns)s, update_time_col = %(update_time_col)s, model = %(model)s,
        chunking = %(chunking)s, chunk_tokens = %(chunk_tokens)s::int, chunk_overlap = %(chunk_overlap)s::int,
+       language = %(language)s,
        src_schema = %(src_schema)s, src_table = %(src_table)s, primary_key = %(primary_key)s
  where job_name = %(job_name)s
 returning id;
@@ -261,7 +262,7 @@ select not exists (select 1 from vectorize.queue q join vectorize.job j on j.id 
 
 -- name: job_definition
 select id, generation, src_schema, src_table, src_columns, primary_key, update_time_col, model,
-       chunking, chunk_tokens, chunk_overlap, return_columns, ef_search, hnsw_m, hnsw_ef_construction
+       chunking, chunk_tokens, chunk_overlap, language, return_columns, ef_search, hnsw_m, hnsw_ef_construction
   from vectorize.job where job_name = %(job_name)s;
 
 -- name: set_search_settings

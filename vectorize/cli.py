@@ -197,6 +197,7 @@ def cmd_console(args: argparse.Namespace) -> int:
                 "chunking": not args.no_chunking,
                 "chunk_tokens": args.chunk_tokens,
                 "chunk_overlap": args.chunk_overlap,
+                "language": args.language,
             }
             coroutine = console.jobs_create(settings, catalog, definition, args.dry_run)
         return asyncio.run(coroutine)
@@ -213,7 +214,7 @@ def _changes(args: argparse.Namespace) -> dict[str, object]:
     changes: dict[str, object] = {}
     if args.columns is not None:
         changes["src_columns"] = [c.strip() for c in args.columns.split(",")]
-    for field in ("model", "update_time_col", "chunk_tokens", "chunk_overlap"):
+    for field in ("model", "update_time_col", "chunk_tokens", "chunk_overlap", "language"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
     if args.chunking is not None:
@@ -248,6 +249,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row (default: the model's window)")
     p.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default 32)")
+    p.add_argument("--language", default="english", help="text search configuration of the full-text half (default english)")
     p.add_argument("--no-chunking", action="store_true", help="truncate long rows instead (pg_vectorize's behaviour)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; create nothing")
     p.set_defaults(func=cmd_console)
@@ -260,6 +262,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--update-time-col", help="timestamptz column with each row's last update")
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row")
     p.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
+    p.add_argument("--language", help="text search configuration of the full-text half")
     p.add_argument("--chunking", action=argparse.BooleanOptionalAction, help="split long rows (--no-chunking: truncate)")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; change nothing")
     p.set_defaults(func=cmd_console)

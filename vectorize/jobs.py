@@ -27,11 +27,15 @@ JOB_FIELDS: dict[str, type] = {
     "update_time_col": str,
     "model": str,
 }
-#: Optional fields, with their defaults: how long rows are cut into chunks (see the README).
+#: Optional definition fields, with their defaults: how rows are cut into chunks (see the README),
+#: and the language of the full-text half.
 CHUNK_FIELDS: dict[str, tuple[type, object]] = {
     "chunking": (bool, True),
     "chunk_tokens": (int, None),
     "chunk_overlap": (int, 32),
+    # The full-text half's text search configuration (any the database has): a redefinition
+    # that changes only it embeds nothing; the stored terms are made again.
+    "language": (str, "english"),
 }
 #: Optional search settings (not part of the definition: changing them embeds nothing; new HNSW
 #: parameters rebuild the index beside the old one, which serves meanwhile).
@@ -95,6 +99,8 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
         nullable = default is None
         if not (value is None and nullable) and (not _has_type(value, kind) or (kind is int and isinstance(value, bool))):
             raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
+        if kind is str:
+            reject_nul(field, value)
         if kind is int and value is not None and not -(2**31) <= value < 2**31:
             raise UserError(400, f"{field} {value} is out of range")
         definition[field] = value

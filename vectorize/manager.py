@@ -70,6 +70,8 @@ class SourceRow:
     source_updated_at: datetime | None
     #: Content hashes of the row's stored chunks, in chunk order (None: nothing stored).
     stored_hashes: list[bytes] | None
+    #: Its stored full-text terms are of another language (a copy to check): write its text again.
+    fts_stale: bool = False
 
 
 @dataclass

@@ -145,6 +145,11 @@ SPEC: dict[str, Any] = {
                         "default": 32,
                         "description": "tokens shared by neighbours",
                     },
+                    "language": {
+                        "type": "string",
+                        "default": "english",
+                        "description": "text search configuration of the full-text half (simple for mixed languages)",
+                    },
                     "return_columns": {
                         "type": "array",
                         "nullable": True,
@@ -220,6 +225,7 @@ SPEC: dict[str, Any] = {
                         model="string",
                         chunking="boolean",
                         chunk_overlap="integer",
+                        language="string",
                         pending="integer",
                         pending_live="integer",
                         pending_backfill="integer",
@@ -278,6 +284,7 @@ SPEC: dict[str, Any] = {
                         update_time_col="string",
                         chunking="boolean",
                         chunk_overlap="integer",
+                        language="string",
                     ),
                     **_typed(
                         nullable=True,

@@ -488,7 +488,7 @@ class Worker:
                         pk,
                         k,
                         None,
-                        plan.row.content if k == 0 and changed else None,
+                        plan.row.content if k == 0 and (changed or plan.row.fts_stale) else None,
                         digest,
                         start,
                         end,

@@ -70,6 +70,7 @@ begin
     j.chunking := g.chunking;
     j.chunk_tokens := g.chunk_tokens;
     j.chunk_overlap := g.chunk_overlap;
+    j.language := g.language;
     return j;
 end $$;
 

@@ -20,18 +20,20 @@ begin
     end if;
     perform vectorize._drop_spare(j);
     insert into vectorize.generation (job_id, generation, state, src_columns, update_time_col, model, dimension,
-                                      chunking, chunk_tokens, chunk_overlap)
+                                      chunking, chunk_tokens, chunk_overlap, language)
     values (j.id, v_number, 'building', d.src_columns, d.update_time_col, d.model, d.dimension,
-            d.chunking, d.chunk_tokens, d.chunk_overlap);
+            d.chunking, d.chunk_tokens, d.chunk_overlap, d.language);
     perform vectorize._create_embeddings_table(j.job_name, v_number, j.primary_key, vectorize._pk_type(j), d.dimension, false);
     if d.model = j.model then
         v_cols := format('%I, embedding, fts, content_hash, source_updated_at, version, updated_at, chunk, chunk_start, chunk_end',
                          j.primary_key);
         -- When the text changes (other columns, other chunks), the copies only spare the chunks
         -- whose text stays: marked as older than any row version, every row is queued by the pass
-        -- and checked chunk by chunk (vectorize.scan_step). Otherwise they are current as they are.
+        -- and checked chunk by chunk (vectorize.scan_step). Another language keeps every vector but
+        -- not the full-text terms: marked the same way, each row's are made again (no inference).
+        -- Otherwise they are current as they are.
         execute format('insert into %s (%s) select %s from %s', vectorize._embeddings_table(j.job_name, v_number), v_cols,
-                       case when vectorize._same_text(j, d) then v_cols
+                       case when vectorize._same_text(j, d) and j.language = d.language then v_cols
                             else replace(v_cols, 'source_updated_at', '''-infinity''::timestamptz') end,
                        vectorize._embeddings_table(j.job_name, j.generation));
     end if;
@@ -80,13 +82,13 @@ begin
     update vectorize.generation
        set generation = j.generation, state = 'previous', src_columns = j.src_columns, update_time_col = j.update_time_col,
            model = j.model, dimension = j.dimension, chunking = j.chunking, chunk_tokens = j.chunk_tokens,
-           chunk_overlap = j.chunk_overlap, retired_at = now(),
+           chunk_overlap = j.chunk_overlap, language = j.language, retired_at = now(),
            keep_until = now() + make_interval(secs => p_keep_seconds)
      where job_id = p_job_id;
     update vectorize.job
        set generation = g.generation, src_columns = g.src_columns, update_time_col = g.update_time_col, model = g.model,
            dimension = g.dimension, chunking = g.chunking, chunk_tokens = g.chunk_tokens, chunk_overlap = g.chunk_overlap,
-           objects_version = null  -- the view now shows the new generation
+           language = g.language, objects_version = null  -- the view now shows the new generation
      where id = p_job_id;
     perform set_config('vectorize.switching', 'off', true);
     return g.generation;

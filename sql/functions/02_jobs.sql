@@ -19,6 +19,7 @@ declare
     v_dim      int;
     v_window   int;
     v_qualified text;
+    v_language_ok boolean;
 begin
     -- Every definition field is required.
     if new.job_name is null then perform vectorize._fail('VZ400', 'job_name is required'); end if;
@@ -67,6 +68,21 @@ begin
         perform vectorize._fail('VZ400',
             format('chunk_overlap %s is out of range: use 0 to %s (half of chunk_tokens)',
                    coalesce(new.chunk_overlap::text, 'null'), coalesce(new.chunk_tokens, v_window, 8192) / 2));
+    end if;
+
+    -- Any text search configuration of this database (schema-qualified unless in pg_catalog).
+    v_language_ok := new.language is not null;
+    begin
+        perform new.language::pg_catalog.regconfig;
+    exception when others then
+        v_language_ok := false;
+    end;
+    if not v_language_ok then
+        perform vectorize._fail('VZ400',
+            format('language %s is not a text search configuration of this database; it has: %s (simple for mixed languages)',
+                   to_json(new.language),
+                   (select string_agg(c.cfgname, ', ' order by c.cfgname) from pg_catalog.pg_ts_config c
+                     where c.cfgnamespace = 'pg_catalog'::regnamespace)));
     end if;
 
     if new.src_schema = 'vectorize' then
@@ -168,7 +184,7 @@ end $$;
 create or replace function vectorize._definition(j vectorize.job) returns text[]
 language sql immutable as $$
     select array[j.src_schema, j.src_table, j.src_columns::text, j.primary_key, j.update_time_col, j.model,
-                 j.chunking::text, j.chunk_tokens::text, j.chunk_overlap::text]
+                 j.chunking::text, j.chunk_tokens::text, j.chunk_overlap::text, j.language]
 $$;
 
 create or replace function vectorize._validate_job() returns trigger
@@ -265,6 +281,7 @@ begin
     new.chunking := old.chunking;
     new.chunk_tokens := old.chunk_tokens;
     new.chunk_overlap := old.chunk_overlap;
+    new.language := old.language;
     new.dimension := old.dimension;
     return new;
 end $$;
@@ -652,15 +669,16 @@ revoke execute on function vectorize._redefine_job(), vectorize._build_job_objec
 create or replace function vectorize.create_job(
     p_job_name text, p_src_schema text, p_src_table text, p_src_columns text[],
     p_primary_key text, p_update_time_col text, p_model text,
-    p_chunking boolean default true, p_chunk_tokens int default null, p_chunk_overlap int default 32)
+    p_chunking boolean default true, p_chunk_tokens int default null, p_chunk_overlap int default 32,
+    p_language text default 'english')
 returns uuid language plpgsql as $$
 declare
     v_id uuid;
 begin
     insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model,
-                               chunking, chunk_tokens, chunk_overlap)
+                               chunking, chunk_tokens, chunk_overlap, language)
     values (p_job_name, p_src_schema, p_src_table, p_src_columns, p_primary_key, p_update_time_col, p_model,
-            p_chunking, p_chunk_tokens, p_chunk_overlap)
+            p_chunking, p_chunk_tokens, p_chunk_overlap, p_language)
     returning id into v_id;
     if v_id is null then
         select j.id into v_id from vectorize.job j where j.job_name = p_job_name;

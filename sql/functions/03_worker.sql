@@ -115,8 +115,10 @@ end $$;
 
 -- The current text and version of the given rows, with the content hashes of
 -- their stored chunks in chunk order. Rows that no longer exist are absent.
+-- fts_stale: the stored row is a copy still to be checked whose full-text terms are of another
+-- language (see vectorize._start_generation): its text is written again even where unchanged.
 create or replace function vectorize.read_rows(p_job_id uuid, p_generation int, p_pks text[])
-returns table (pk text, content text, source_updated_at timestamptz, stored_hashes bytea[])
+returns table (pk text, content text, source_updated_at timestamptz, stored_hashes bytea[], fts_stale boolean)
 language plpgsql stable
 set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
 declare
@@ -124,7 +126,8 @@ declare
 begin
     return query execute format(
         'select s.%1$I::text, %2$s, s.%3$I,
-                (select array_agg(e.content_hash order by e.chunk) from %5$s e where e.%1$I = s.%1$I)
+                (select array_agg(e.content_hash order by e.chunk) from %5$s e where e.%1$I = s.%1$I),
+                coalesce((select e.source_updated_at = ''-infinity'' from %5$s e where e.%1$I = s.%1$I and e.chunk = 0), false)
            from %4$s s
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
@@ -132,17 +135,6 @@ begin
     using p_pks;
 end $$;
 
--- Apply one batch (of one generation of the job) that the worker COPYed into pg_temp.vectorize_staging_chunks, one
--- line per chunk of each row (its "chunks" says how many the row has now):
---  * chunks with an embedding: upsert them, unless a newer version of the row is
---    stored (newest wins when two workers race on the same row), and only while
---    the source row still exists (a delete may have committed since it was read);
---  * chunks without one (their text is unchanged): record the newer version and offsets;
---  * chunks past the row's new count: dropped (the text got shorter);
---  * "content" (the whole row's text, on chunk 0 when the row changed) renews the
---    row's full-text vector, kept on chunk 0;
---  * p_gone: keys whose source row was missing when read: drop their chunks.
--- Successfully written keys also leave the failures table.
 -- The session's staging table of a batch: one line per chunk of each of its rows, emptied at
 -- every commit, written with COPY and merged by vectorize.apply_batch.
 create or replace function vectorize.create_staging() returns void
@@ -162,6 +154,17 @@ begin
     ) on commit delete rows;
 end $$;
 
+-- Apply one batch (of one generation of the job) that the worker COPYed into pg_temp.vectorize_staging_chunks, one
+-- line per chunk of each row (its "chunks" says how many the row has now):
+--  * chunks with an embedding: upsert them, unless a newer version of the row is
+--    stored (newest wins when two workers race on the same row), and only while
+--    the source row still exists (a delete may have committed since it was read);
+--  * chunks without one (their text is unchanged): record the newer version and offsets;
+--  * chunks past the row's new count: dropped (the text got shorter);
+--  * "content" (the whole row's text, on chunk 0 when the row changed) renews the
+--    row's full-text vector, kept on chunk 0;
+--  * p_gone: keys whose source row was missing when read: drop their chunks.
+-- Successfully written keys also leave the failures table.
 create or replace function vectorize.apply_batch(p_job_id uuid, p_generation int, p_gone text[])
 returns int language plpgsql
 set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $$
@@ -177,7 +180,7 @@ begin
     execute format(
         'insert into %1$s as e (%2$I, chunk, embedding, fts, content_hash, chunk_start, chunk_end,
                                 source_updated_at, version, updated_at)
-         select s.pk::%3$s, s.chunk, s.embedding, to_tsvector(''english'', s.content), s.content_hash,
+         select s.pk::%3$s, s.chunk, s.embedding, to_tsvector(%5$L::regconfig, s.content), s.content_hash,
                 s.chunk_start, s.chunk_end, s.source_updated_at, s.version, now()
            from pg_temp.vectorize_staging_chunks s
           where s.embedding is not null
@@ -188,16 +191,16 @@ begin
                 chunk_start = excluded.chunk_start, chunk_end = excluded.chunk_end,
                 source_updated_at = excluded.source_updated_at, version = excluded.version, updated_at = now()
           where e.version <= excluded.version',
-        v_emb, j.primary_key, vectorize._pk_type(j), vectorize._source(j));
+        v_emb, j.primary_key, vectorize._pk_type(j), vectorize._source(j), j.language);
     get diagnostics v_written = row_count;
     execute format(
         'update %1$s e
             set source_updated_at = s.source_updated_at, version = s.version,
                 chunk_start = s.chunk_start, chunk_end = s.chunk_end,
-                fts = case when s.content is null then e.fts else to_tsvector(''english'', s.content) end
+                fts = case when s.content is null then e.fts else to_tsvector(%4$L::regconfig, s.content) end
            from pg_temp.vectorize_staging_chunks s
           where s.embedding is null and e.%2$I = s.pk::%3$s and e.chunk = s.chunk and e.version < s.version',
-        v_emb, j.primary_key, vectorize._pk_type(j));
+        v_emb, j.primary_key, vectorize._pk_type(j), j.language);
     execute format(
         'delete from %1$s e
           using (select s.pk, max(s.chunks) as chunks, max(s.version) as version

@@ -69,7 +69,7 @@ end $$;
 -- ("quoted phrases", -exclusions, or) when it parses; else the text's words alone, every
 -- operator, quote and punctuation mark dropped; else none (the semantic half still answers).
 -- Only the first 4000 characters count: a long pasted text matches by its words anyway.
-create or replace function vectorize._text_query(p_text text) returns tsquery
+create or replace function vectorize._text_query(p_text text, p_language text default 'english') returns tsquery
 language plpgsql stable as $$
 declare
     v_query tsquery;
@@ -78,14 +78,14 @@ begin
         return null;
     end if;
     begin
-        v_query := websearch_to_tsquery('english', left(p_text, 4000));
+        v_query := websearch_to_tsquery(p_language::regconfig, left(p_text, 4000));
         perform to_tsvector('') @@ v_query;  -- some queries parse but cannot be evaluated
         return v_query;
     exception when others then
         null;
     end;
     begin
-        v_query := plainto_tsquery('english', regexp_replace(left(p_text, 4000), '[^[:alnum:]]+', ' ', 'g'));
+        v_query := plainto_tsquery(p_language::regconfig, regexp_replace(left(p_text, 4000), '[^[:alnum:]]+', ' ', 'g'));
         perform to_tsvector('') @@ v_query;
         return v_query;
     exception when others then
@@ -262,7 +262,7 @@ begin
     v_filter := vectorize._filter_clause(j, p_filters);
     v_columns := vectorize._returned_columns(j, p_return_columns);
     v_semantic := p_semantic_wt > 0 and p_query_embedding is not null;
-    v_text := case when p_fts_wt > 0 then vectorize._text_query(p_query_text) end;
+    v_text := case when p_fts_wt > 0 then vectorize._text_query(p_query_text, j.language) end;
     -- 100 unless the query or the job says otherwise: pgvector's own 40 gave recall@10 0.951 on
     -- 63k real rows (one query found none of its 10), 100 gave 0.984 for +0.8 ms (bench/search.py).
     v_ef := coalesce(p_ef_search, j.ef_search, 100);

@@ -72,7 +72,7 @@ begin
         v_out := v_out || jsonb_build_object(
             'generation', g.generation, 'state', v_state, 'model', g.model, 'src_columns', g.src_columns,
             'update_time_col', g.update_time_col, 'chunking', g.chunking, 'chunk_tokens', g.chunk_tokens,
-            'chunk_overlap', g.chunk_overlap, 'embedded_rows', v_rows,
+            'chunk_overlap', g.chunk_overlap, 'language', g.language, 'embedded_rows', v_rows,
             'progress', case when p_source_rows > 0 then round(least(v_rows::numeric / p_source_rows, 1), 4) end,
             'eta_seconds', case when v_state = 'building' and v_recent > 0
                                 then round(greatest(p_source_rows - v_rows, 0) * 60.0 / v_recent) end,
@@ -85,7 +85,7 @@ end $$;
 
 create or replace view vectorize.job_status as
 select j.job_name, j.id, j.src_schema, j.src_table, j.src_columns, j.primary_key, j.update_time_col, j.model,
-       j.chunking, j.chunk_tokens, j.chunk_overlap, j.return_columns, j.ef_search, j.hnsw_m, j.hnsw_ef_construction, j.status, j.status_message, vectorize._sync_state(j, s.pending_backfill) as sync_state,
+       j.chunking, j.chunk_tokens, j.chunk_overlap, j.language, j.return_columns, j.ef_search, j.hnsw_m, j.hnsw_ef_construction, j.status, j.status_message, vectorize._sync_state(j, s.pending_backfill) as sync_state,
        case when j.paused_until > now() then j.pause_reason end as waiting_reason,
        case when j.paused_until > now() then j.paused_until end as waiting_until,
        s.source_rows, s.source_rows_estimated, s.embedded_rows, s.pending, s.pending_live, s.pending_backfill,
