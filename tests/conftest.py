@@ -3,9 +3,14 @@ per test cloned from a migrated template, the real ONNX model, and helpers."""
 
 from __future__ import annotations
 
+import os
+
+# No test reaches the Hugging Face hub (this machine cannot): hub models come from a prepared
+# cache (tests/test_hub.py). Set before huggingface_hub is imported, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import asyncio
 import itertools
-import os
 import shutil
 import socket
 import tempfile
@@ -20,7 +25,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -33,7 +38,7 @@ from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR, SQL_DIR
 from vectorize.worker import Worker
 
-from .helpers import MY_JOB, url_for
+from .helpers import MY_JOB, api_client, url_for
 
 # In CI the property-based tests use a fixed seed, so a run is reproducible; locally they explore.
 hypothesis.settings.register_profile("ci", derandomize=True)
@@ -143,13 +148,8 @@ async def start_worker(settings: Settings, catalog: ModelCatalog) -> AsyncIterat
 
 @pytest_asyncio.fixture
 async def api(settings: Settings, catalog: ModelCatalog) -> AsyncIterator[TestClient]:
-    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
-    await pool.open()
-    client = TestClient(TestServer(create_app(settings, pool, catalog)))
-    await client.start_server()
-    yield client
-    await client.close()
-    await pool.close()
+    async with api_client(settings, catalog) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,19 @@ import gzip
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import numpy as np
 import psycopg
+from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 
+from vectorize.api import create_app
+from vectorize.config import Settings
 from vectorize.console import DEMO_JOB
+from vectorize.db import make_pool
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -161,3 +165,17 @@ def scratch_database(admin_url: str, name: str, roles: tuple[str, ...]) -> Itera
             admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
             for role in roles:
                 admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+@asynccontextmanager
+async def api_client(settings: Settings, catalog: ModelCatalog) -> AsyncIterator[TestClient]:
+    """The API app over a pool of its own, for a test that needs other settings or models."""
+    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
+    await pool.open()
+    client = TestClient(TestServer(create_app(settings, pool, catalog)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await pool.close()

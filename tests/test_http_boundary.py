@@ -8,15 +8,13 @@ import dataclasses
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vectorize.access import Tokens, check_exposure
-from vectorize.api import create_app
-from vectorize.db import make_pool
 
-from .helpers import MY_JOB
+from .helpers import MY_JOB, api_client
 
 TOKEN = "t" * 32
 
@@ -24,13 +22,8 @@ TOKEN = "t" * 32
 @pytest.fixture
 async def guarded_api(settings, catalog):
     """The API with a token, as a deployment beyond localhost has it."""
-    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
-    await pool.open()
-    client = TestClient(TestServer(create_app(dataclasses.replace(settings, api_token=TOKEN), pool, catalog)))
-    await client.start_server()
-    yield client
-    await client.close()
-    await pool.close()
+    async with api_client(dataclasses.replace(settings, api_token=TOKEN), catalog) as client:
+        yield client
 
 
 async def raw_request(client: TestClient, head: bytes, body: bytes = b"") -> tuple[int, bytes]:

@@ -203,14 +203,16 @@ async def test_the_readme_setup_three_roles(least_privilege_db: str, catalog, st
     """The README's least-privilege setup: the daemon (not a superuser), an application role that
     manages its own job through SQL alone (INSERT, UPDATE, rollback, DELETE on vectorize.job, no
     right in schema vectorize besides USAGE), and a role with only USAGE, which gets nowhere."""
-    daemon_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_daemon")
-    manager_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_manager")
-    intruder_url = psycopg.conninfo.make_conninfo(least_privilege_db, user="vz_intruder")
+    daemon_url, manager_url, intruder_url = (
+        psycopg.conninfo.make_conninfo(least_privilege_db, user=role) for role in ("vz_daemon", "vz_manager", "vz_intruder")
+    )
     migrate(daemon_url)
     with psycopg.connect(daemon_url, autocommit=True) as daemon:
         publish_models(daemon, catalog.local_models())
-        daemon.execute("grant usage on schema vectorize to vz_manager, vz_intruder")
-        daemon.execute("grant select, insert, update, delete on vectorize.job to vz_manager")
+        daemon.execute(
+            "grant usage on schema vectorize to vz_manager, vz_intruder; "
+            "grant select, insert, update, delete on vectorize.job to vz_manager"
+        )
     with psycopg.connect(least_privilege_db, autocommit=True) as owner:
         owner.execute("grant select on public.my_products to vz_manager")
     start_worker(database_url=daemon_url)

@@ -5,19 +5,19 @@ the protocol tells them apart), and rides out an outage longer than every retry 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from vectorize.api import create_app
-from vectorize.db import make_pool
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.paths import MODELS_DIR
 
 from .fake_providers import DIM, PROVIDERS, normalised, serve_fake_providers
-from .helpers import embedding_count, queue_depth, stored_vector, wait_until
+from .helpers import api_client, embedding_count, queue_depth, stored_vector, wait_until
 
 
 @pytest.fixture
@@ -49,11 +49,7 @@ async def test_a_provider_model_from_creation_through_an_outage(provider, fake, 
     catalog = ModelCatalog(MODELS_DIR, protocols=(protocols[provider],), remote_retries=1, remote_backoff=0.01)
     conn.execute("create table notes (id int primary key, body text, updated_at timestamptz not null default now())")
     conn.execute("insert into notes select g, 'note ' || g, now() from generate_series(1, 30) g")
-    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
-    await pool.open()
-    api = TestClient(TestServer(create_app(settings, pool, catalog)))
-    await api.start_server()
-    try:
+    async with api_client(settings, catalog) as api:
         # A model name no list mentions, registered on first use; a 429 on the way is retried.
         server.script[provider] = [429]
         model = f"{provider}/fake-embed"
@@ -98,9 +94,6 @@ async def test_a_provider_model_from_creation_through_an_outage(provider, fake, 
         body = await refused.json()
         assert refused.status == 400 and "not found" in body["error"] and "127.0.0.1" not in body["error"]
         assert conn.execute("select count(*) as n from vectorize.job").fetchone()["n"] == 1
-    finally:
-        await api.close()
-        await pool.close()
 
 
 def test_provider_models_need_their_provider_configured() -> None:
@@ -115,12 +108,25 @@ def test_provider_models_need_their_provider_configured() -> None:
     assert keyed.remote_protocol("openai/text-embedding-3-large") is not None  # any model, with a key
 
 
+async def _register(name: str, env: dict[str, str]) -> tuple[int | None, bytes, bytes]:
+    """`vectorize models register NAME` in a process of its own; its exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vectorize",
+        "models",
+        "register",
+        name,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode, out, err
+
+
 async def test_models_register_lists_a_provider_model_for_sql_users(fake, conn, db_url) -> None:
     """`vectorize models register ollama/<model>`: afterwards an INSERT in psql may name it."""
-    import asyncio
-    import os
-    import sys
-
     _, protocols = fake
     env = {
         **os.environ,
@@ -128,19 +134,8 @@ async def test_models_register_lists_a_provider_model_for_sql_users(fake, conn, 
         "VECTORIZE_OLLAMA_BASE_URL": protocols["ollama"].base_url,
         "VECTORIZE_TUNE": "off",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vectorize",
-        "models",
-        "register",
-        "ollama/fake-embed",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()
+    returncode, out, err = await _register("ollama/fake-embed", env)
+    assert returncode == 0, err.decode()
     assert b"dimension 8" in out
     row = conn.execute("select dimension, provider from vectorize.model where name = 'ollama/fake-embed'").fetchone()
     assert row == {"dimension": DIM, "provider": "ollama"}
@@ -149,16 +144,5 @@ async def test_models_register_lists_a_provider_model_for_sql_users(fake, conn, 
         "insert into vectorize.job (job_name, src_schema, src_table, src_columns, primary_key, update_time_col, model)"
         " values ('notes', 'public', 'notes', '{body}', 'id', 'updated_at', 'ollama/fake-embed')"
     )
-    unknown = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vectorize",
-        "models",
-        "register",
-        "cohere/embed-v4.0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(unknown.communicate(), 120)
-    assert unknown.returncode == 1 and b"COHERE_API_KEY" in err
+    returncode, _, err = await _register("cohere/embed-v4.0", env)
+    assert returncode == 1 and b"COHERE_API_KEY" in err

@@ -9,12 +9,8 @@ import json
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from vectorize.api import create_app
-from vectorize.db import make_pool
-
-from .helpers import create_job
+from .helpers import api_client, create_job
 
 ROWS = 20_000
 TOKENS = {
@@ -74,13 +70,8 @@ def tenants(conn):
 async def tenant_api(settings, catalog, tmp_path, tenants):
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps(TOKENS))
-    pool = make_pool(settings.database_url or "", min_size=1, max_size=4)
-    await pool.open()
-    client = TestClient(TestServer(create_app(dataclasses.replace(settings, api_tokens=path), pool, catalog)))
-    await client.start_server()
-    yield client
-    await client.close()
-    await pool.close()
+    async with api_client(dataclasses.replace(settings, api_tokens=path), catalog) as client:
+        yield client
 
 
 async def _search(api, token: str, **params):

@@ -51,13 +51,14 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     with INSERT in psql may name it (the API does this by itself on first use)."""
     from .db import connect, publish_models
     from .embedding.errors import EmbedderUnavailable
+    from .embedding.hub import HubModelRefused
     from .embedding.remote import RemoteEmbeddingError
     from .service import model_catalog, prepare_database
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
     catalog = model_catalog(settings)
-    if catalog.remote_protocol(args.name) is None:
+    if catalog.remote_protocol(args.name) is None and not catalog.hub_model(args.name):
         print(
             f"vectorize: {args.name!r} names no provider configured here; see the README's Models section "
             "(openai/ needs OPENAI_API_KEY or VECTORIZE_OPENAI_MODELS, cohere/ COHERE_API_KEY, voyage/ VOYAGE_API_KEY, ...)",
@@ -66,8 +67,8 @@ def cmd_models_register(args: argparse.Namespace) -> int:
         return 1
     try:
         settings, _ = prepare_database(settings, catalog)
-        info = catalog.probe_remote(args.name)
-    except (RemoteEmbeddingError, EmbedderUnavailable) as exc:
+        info = catalog.probe_hub(args.name) if catalog.hub_model(args.name) else catalog.probe_remote(args.name)
+    except (RemoteEmbeddingError, EmbedderUnavailable, HubModelRefused) as exc:
         print(f"vectorize: model {args.name!r} could not be registered: {exc}", file=sys.stderr)
         return 1
     assert settings.database_url
@@ -328,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     models = sub.add_parser("models", help="list or export embedding models").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="models this installation can run").set_defaults(func=cmd_models_list)
-    p = models.add_parser("register", help="list a provider's model (ollama/…, cohere/…) for jobs created in SQL")
-    p.add_argument("name", help="<provider>/<model>, e.g. ollama/nomic-embed-text")
+    p = models.add_parser("register", help="list a provider's or a hub model for jobs created in SQL")
+    p.add_argument("name", help="<provider>/<model> or <org>/<name> on the hub, e.g. ollama/nomic-embed-text")
     p.set_defaults(func=cmd_models_register)
     p = models.add_parser("export", help="export models' ONNX graphs from their official weights")
     p.add_argument("names", nargs="*", help="model names (default: all)")

@@ -1,7 +1,9 @@
-"""A provider's model (``ollama/…``, ``cohere/…``, ``openai/…`` with a key) is registered the first
-time a job names it: its server is asked once for the dimension, which the job's table needs, and
-the answer goes into ``vectorize.model``, where the job trigger finds it. ``vectorize models add``
-does the same ahead of time, for jobs created by ``INSERT`` in psql."""
+"""A model that is not one of ours is registered the first time a job names it: a provider's
+(``ollama/…``, ``cohere/…``, ``openai/…`` with a key), whose server is asked once for the dimension,
+or a sentence-transformers model on the Hugging Face hub (``BAAI/bge-small-en-v1.5``), whose
+configuration files say it (its weights follow in the worker, which waits for them). The answer goes
+into ``vectorize.model``, where the job trigger finds it. ``vectorize models register`` does the
+same ahead of time, for jobs created by ``INSERT`` in psql."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import asyncio
 
 from .db import Pool
 from .embedding.catalog import ModelCatalog, ModelInfo
+from .embedding.errors import EmbedderUnavailable
+from .embedding.hub import HubModelRefused
 from .embedding.remote import RemoteEmbeddingError, RemoteUnavailable
 from .errors import UserError
 from .queries import query
@@ -17,11 +21,21 @@ from .queries import query
 async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) -> None:
     """Register ``model`` if a configured provider runs it and the database does not list it yet.
     Its server down: 503; the server refusing the model (a wrong name, 404): 400 with its message."""
-    if not isinstance(model, str) or catalog.remote_protocol(model) is None:
+    if not isinstance(model, str) or (catalog.remote_protocol(model) is None and not catalog.hub_model(model)):
         return
     async with pool.connection() as conn:
         row = await (await conn.execute(query("model_known"), {"name": model})).fetchone()
     if row is not None and row["known"]:
+        return
+    if catalog.hub_model(model):
+        try:
+            hub_info = await asyncio.to_thread(catalog.probe_hub, model)
+        except HubModelRefused as exc:
+            ours = ", ".join(sorted(catalog.manifests))
+            raise UserError(400, f"{exc}; this installation can run: {ours}") from None
+        except EmbedderUnavailable as exc:
+            raise UserError(503, f"{exc}; retry shortly") from None
+        await register(pool, hub_info)
         return
     try:
         info = await asyncio.to_thread(catalog.probe_remote, model)

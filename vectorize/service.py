@@ -45,33 +45,20 @@ MODEL_RETRY_MAX = 60.0
 
 def provider_protocols(settings: Settings) -> tuple[providers.Protocol, ...]:
     """The remote providers configured (openai/ is the catalog's own, from its settings)."""
-    configured: list[providers.Protocol] = [providers.Ollama("ollama", settings.ollama_base_url.rstrip("/"))]
-    if settings.cohere_api_key:
-        configured.append(providers.Cohere("cohere", settings.cohere_base_url.rstrip("/"), settings.cohere_api_key))
-    if settings.voyage_api_key:
-        configured.append(
-            providers.Voyage(
-                "voyage",
-                settings.voyage_base_url.rstrip("/"),
-                settings.voyage_api_key,
-                dimension=settings.voyage_output_dimension,
-            )
-        )
-    if settings.azure_openai_endpoint and settings.azure_openai_api_key:
-        configured.append(
-            providers.Azure(
-                "azure",
-                settings.azure_openai_endpoint.rstrip("/"),
-                settings.azure_openai_api_key,
-                api_version=settings.azure_openai_api_version,
-            )
-        )
-    if settings.portkey_api_key:
-        routing = {"x-portkey-provider": settings.portkey_provider, "x-portkey-virtual-key": settings.portkey_virtual_key}
+    s = settings
+    configured: list[providers.Protocol] = [providers.Ollama("ollama", s.ollama_base_url.rstrip("/"))]
+    if s.cohere_api_key:
+        configured.append(providers.Cohere("cohere", s.cohere_base_url.rstrip("/"), s.cohere_api_key))
+    if s.voyage_api_key:
+        voyage = s.voyage_base_url.rstrip("/")
+        configured.append(providers.Voyage("voyage", voyage, s.voyage_api_key, dimension=s.voyage_output_dimension))
+    if s.azure_openai_endpoint and s.azure_openai_api_key:
+        azure = s.azure_openai_endpoint.rstrip("/")
+        configured.append(providers.Azure("azure", azure, s.azure_openai_api_key, api_version=s.azure_openai_api_version))
+    if s.portkey_api_key:
+        routing = {"x-portkey-provider": s.portkey_provider, "x-portkey-virtual-key": s.portkey_virtual_key}
         headers = {k: v for k, v in routing.items() if v}
-        configured.append(
-            providers.Portkey("portkey", settings.portkey_base_url.rstrip("/"), settings.portkey_api_key, headers=headers)
-        )
+        configured.append(providers.Portkey("portkey", s.portkey_base_url.rstrip("/"), s.portkey_api_key, headers=headers))
     return tuple(configured)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,12 +19,16 @@ import numpy as np
 from . import providers
 from .encoder import TokenCounter
 from .errors import EmbedderUnavailable
+from .hub import REPO_NAME, Hub
 from .providers import Kind
-from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir
+from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir, write_manifest
 from .remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
 from .tuning import Tuner, TuningStore
 
 log = logging.getLogger(__name__)
+
+#: Model-string prefixes that name a provider (providers.py), never a hub organisation.
+REMOTE_PREFIXES = ("openai", "azure", "ollama", "cohere", "voyage", "portkey")
 
 #: The model a new job gets when it names none, and the one loaded before serving.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -68,6 +73,7 @@ class ModelCatalog:
         remote_retries: int = 3,
         remote_backoff: float = 0.5,
         remote_max_tokens: int = DEFAULT_MAX_TOKENS,
+        hub: Hub | None = None,
     ) -> None:
         """``openai_models``: the ``openai/<model>`` names allowed (any, when empty and a key or a
         list is configured); ``protocols``: the other providers configured, one per prefix."""
@@ -86,7 +92,43 @@ class ModelCatalog:
             self.protocols["openai"] = providers.OpenAI("openai", openai_base_url.rstrip("/"), openai_api_key)
         for name in self.openai_allowed or ():
             self._remote(name)
+        self.hub = hub or Hub()
+        #: Hub models being fetched (or whose fetch failed): one download per model at a time.
+        self._fetches: dict[str, Future[ModelManifest]] = {}
+        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-fetch")
         self._lock = threading.Lock()
+
+    def hub_model(self, name: str) -> bool:
+        """Whether ``name`` would be fetched from the Hugging Face hub: ``<org>/<name>``, neither a
+        model of ours nor a provider's (``ollama/…``)."""
+        prefix = name.split("/", 1)[0]
+        return name not in self.manifests and prefix not in REMOTE_PREFIXES and prefix != "local" and bool(REPO_NAME.match(name))
+
+    def probe_hub(self, name: str) -> ModelInfo:
+        """A hub model's dimension and window, from its configuration files alone (no weights yet);
+        HubModelRefused if it cannot run here, EmbedderUnavailable while the hub cannot be reached."""
+        info = self.hub.describe(name)
+        return ModelInfo(name, info.hidden_size, info.max_tokens, "onnx", "fp32")
+
+    def _hub_manifest(self, name: str) -> ModelManifest:
+        """The hub model's manifest once its files are here; until then EmbedderUnavailable, which
+        makes its jobs wait with backoff like any embedder outage (a failed fetch is tried again)."""
+        fetch = self._fetches.get(name)
+        if fetch is None or (fetch.done() and fetch.exception() is not None):
+            fetch = self._fetches[name] = self._fetcher.submit(self._fetch, name)
+        if not fetch.done():
+            raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub")
+        error = fetch.exception()
+        if error is not None:
+            raise EmbedderUnavailable(f"model {name} could not be fetched: {error}")
+        return fetch.result()
+
+    def _fetch(self, name: str) -> ModelManifest:
+        log.info("event=hub_model_fetching model=%s", name)
+        folder = self.hub.fetch(name)
+        manifest = write_manifest(folder, name, self.models_dir, slug=name.replace("/", "--"))
+        log.info("event=hub_model_fetched model=%s path=%s", name, folder)
+        return manifest
 
     def remote_protocol(self, name: str) -> providers.Protocol | None:
         """The provider that runs ``name`` (``<prefix>/<model>``), or None when none is configured."""
@@ -168,6 +210,8 @@ class ModelCatalog:
             embedder = self._embedders.get(model)
             if embedder is None and self.remote_protocol(model) is not None:
                 embedder = self._remote(model)
+            if embedder is None and model not in self.manifests and self.hub_model(model):
+                self.manifests[model] = self._hub_manifest(model)
             if embedder is None:
                 manifest = self.manifests.get(model)
                 if manifest is None:

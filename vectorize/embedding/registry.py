@@ -83,11 +83,14 @@ class ModelManifest:
     #: For int8: smoothed graphs tuning may try (embedding/smoothing.py).
     tune_smoothing: tuple[Int8Variant, ...] = ()
     manifest_path: Path | None = None
+    #: File-system name when the manifest says one (a hub model: ``<org>--<name>``, so that two
+    #: organisations' models of the same name never share an export).
+    file_name: str | None = None
 
     @property
     def slug(self) -> str:
-        """File-system name: the part after the last slash."""
-        return self.name.rsplit("/", 1)[-1]
+        """File-system name: the manifest's, else the part after the last slash."""
+        return self.file_name or self.name.rsplit("/", 1)[-1]
 
     @classmethod
     def from_file(cls, path: Path) -> ModelManifest:
@@ -101,6 +104,7 @@ class ModelManifest:
             source=data["source"],
             checksums=data.get("checksums", {}),
             precision=data.get("precision", "fp32"),
+            file_name=data.get("slug"),
             keep_fp32=tuple(data.get("keep_fp32", ())),
             tune_keep_fp32=tuple(tuple(keep) for keep in data.get("tune_keep_fp32", ())),
             tune_smoothing=tuple(
@@ -274,9 +278,9 @@ def _quantize(fp32_path: Path, tmp: Path, exclude: list[str], weights: str) -> N
     )
 
 
-def write_manifest(model_dir: Path, name: str, models_dir: Path) -> ModelManifest:
+def write_manifest(model_dir: Path, name: str, models_dir: Path, slug: str | None = None) -> ModelManifest:
     """Describe a local sentence-transformers directory as a manifest in ``models_dir``,
-    pinning its files by checksum so a later change to them is noticed."""
+    pinning its files by checksum so a later change to them is noticed. ``slug``: its file name."""
     info = read_checkpoint_info(model_dir)
     model_dir = model_dir.resolve()
     manifest = {
@@ -288,8 +292,10 @@ def write_manifest(model_dir: Path, name: str, models_dir: Path) -> ModelManifes
         "normalize": info.normalize,
         "checksums": {f: _sha256(model_dir / f) for f in ("model.safetensors", "tokenizer.json")},
     }
+    if slug:
+        manifest["slug"] = slug
     models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / f"{name.rsplit('/', 1)[-1]}.json"
+    path = models_dir / f"{slug or name.rsplit('/', 1)[-1]}.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return ModelManifest.from_file(path)
 

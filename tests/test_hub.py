@@ -1,0 +1,103 @@
+"""Any sentence-transformers model by its hub name, through the real huggingface_hub code against a
+prepared cache (this machine cannot reach the hub): described by its configuration files when a job
+names it, its weights awaited by the worker (the job waits, nothing fails), then exported and
+embedding exactly as sentence-transformers would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vectorize.embedding.catalog import ModelCatalog
+from vectorize.embedding.hub import Hub
+from vectorize.embedding.registry import load_manifests, source_dir
+from vectorize.embedding.tuning import Tuner, TuningStore
+from vectorize.paths import MODELS_DIR
+
+from .helpers import MODEL, MY_JOB, api_client, embedding_count, queue_depth, stored_vector, vector_of, wait_until
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+WEIGHTS = ("model.safetensors", "tokenizer.json")
+
+
+def _snapshot(cache: Path, repo: str) -> Path:
+    """An entry of huggingface_hub's cache, laid out as it lays them out."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(REVISION)
+    snapshot = folder / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path) -> Path:
+    """acme/minilm: all-MiniLM-L6-v2's own files, its weights not yet arrived; acme/robertish: a
+    RoBERTa config; acme/custom: a model that needs its own code."""
+    cache = tmp_path / "hf"
+    official = source_dir(load_manifests(MODELS_DIR)[MODEL])
+    minilm = _snapshot(cache, "acme/minilm")
+    for item in official.iterdir():
+        if item.name in WEIGHTS:
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy)(item, minilm / item.name)
+    robertish = _snapshot(cache, "acme/robertish")
+    (robertish / "config.json").write_text(json.dumps({"model_type": "roberta", "hidden_size": 768}))
+    custom = _snapshot(cache, "acme/custom")
+    (custom / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "x.Y"}}))
+    return cache
+
+
+def _arrive(cache: Path) -> None:
+    """The weights finish downloading."""
+    official = source_dir(load_manifests(MODELS_DIR)[MODEL])
+    for name in WEIGHTS:
+        shutil.copy(official / name, cache / "models--acme--minilm" / "snapshots" / REVISION / name)
+
+
+async def test_a_hub_model_waits_for_its_weights_then_embeds_like_sentence_transformers(
+    hub_cache, tmp_path, conn, products, settings, start_worker, catalog
+) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for manifest in MODELS_DIR.glob("*.json"):  # ours, without their exports (the hub model's go here)
+        shutil.copy(manifest, models_dir)
+    tuner = Tuner(TuningStore([models_dir]), models_dir, 2, enabled=False)
+    hub_catalog = ModelCatalog(models_dir, tuner=tuner, hub=Hub(cache_dir=hub_cache, offline=True))
+    async with api_client(settings, hub_catalog) as api:
+        created = await api.post("/api/v1/table", json={**MY_JOB, "model": "acme/minilm"})
+        assert created.status == 200, await created.text()
+        assert conn.execute("select dimension from vectorize.model where name = 'acme/minilm'").fetchone()["dimension"] == 384
+
+        start_worker(with_catalog=hub_catalog, embedder_backoff=0.1, embedder_backoff_max=0.3, poll_interval=0.2)
+        waiting = await wait_until(
+            lambda: conn.execute(
+                "select waiting_reason from vectorize.job_status where sync_state = 'waiting_for_embedder'"
+            ).fetchone(),
+            timeout=20,
+        )
+        assert "acme/minilm" in waiting["waiting_reason"]
+        assert embedding_count(conn) == 0 and conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
+
+        _arrive(hub_cache)
+        await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0, timeout=120)
+        assert conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
+        name = conn.execute("select product_name, description from my_products where product_id = 3").fetchone()
+        ours = stored_vector(conn, 3)
+        theirs = vector_of(catalog, f"product_name: {name['product_name']} description: {name['description']}")
+        assert float(np.dot(ours, theirs)) >= 0.9999
+        assert (models_dir / "acme--minilm.json").exists()  # the next start finds it without the hub
+
+        for model, words in (
+            ("acme/robertish", "'roberta'"),
+            ("acme/custom", "custom code"),
+            ("acme/absent", "not in the local Hugging Face cache"),
+        ):
+            refused = await api.post("/api/v1/table", json={**MY_JOB, "job_name": "other", "model": model})
+            body = await refused.json()
+            assert refused.status == 400 and words in body["error"], body
+            assert "sentence-transformers/all-MiniLM-L6-v2" in body["error"]
