@@ -1,7 +1,7 @@
 """Any sentence-transformers model by its hub name, through the real huggingface_hub code against a
 prepared cache (this machine cannot reach the hub): described by its configuration files when a job
 names it, its weights awaited by the worker (the job waits, nothing fails), then exported and
-embedding exactly as sentence-transformers would."""
+embedding exactly as sentence-transformers would, its query and document prompts included."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def hub_cache(tmp_path: Path) -> Path:
         if item.name in WEIGHTS:
             continue
         (shutil.copytree if item.is_dir() else shutil.copy)(item, minilm / item.name)
+    # e5's way: a prompt before queries and one before passages (sentence-transformers' config).
+    prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}
+    (minilm / "config_sentence_transformers.json").write_text(json.dumps(prompts))
     robertish = _snapshot(cache, "acme/robertish")
     (robertish / "config.json").write_text(json.dumps({"model_type": "roberta", "hidden_size": 768}))
     custom = _snapshot(cache, "acme/custom")
@@ -88,8 +91,12 @@ async def test_a_hub_model_waits_for_its_weights_then_embeds_like_sentence_trans
         assert conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
         name = conn.execute("select product_name, description from my_products where product_id = 3").fetchone()
         ours = stored_vector(conn, 3)
-        theirs = vector_of(catalog, f"product_name: {name['product_name']} description: {name['description']}")
+        # As sentence-transformers' encode_document / encode_query: the prompt, then the text.
+        theirs = vector_of(catalog, f"passage: product_name: {name['product_name']} description: {name['description']}")
         assert float(np.dot(ours, theirs)) >= 0.9999
+        query = hub_catalog.get("acme/minilm").embed(["camping gear"], kind="query")[0]
+        assert float(np.dot(query, vector_of(catalog, "query: camping gear"))) >= 0.9999
+        assert float(np.dot(query, vector_of(catalog, "camping gear"))) < 0.99  # the prompt made a difference
         assert (models_dir / "acme--minilm.json").exists()  # the next start finds it without the hub
 
         for model, words in (

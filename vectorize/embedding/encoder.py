@@ -164,12 +164,17 @@ class Encoder:
         threads: int | None = None,
         sessions: int | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.dimension = dimension
-        self.max_tokens = max_tokens
         self.token_budget = token_budget
         self.tokenizer = load_tokenizer(tokenizer_path, max_tokens)
         self.counter = TokenCounter(tokenizer_path)
+        #: Put before each text by kind, as sentence-transformers does (e5's "query: ", bge's instruction).
+        self.prompts = dict(prompts or {})
+        # A row's chunks leave room for the document prompt, so prompt and chunk fit the window.
+        prompt_tokens = len(self.counter.offsets([self.prompts["document"]])[0]) if "document" in self.prompts else 0
+        self.max_tokens = max_tokens - prompt_tokens
         threads = threads or os.cpu_count() or 1
         # Small GEMMs scale badly across threads, so by default every core gets a
         # single-threaded session of its own and batches run side by side on them.
@@ -190,11 +195,14 @@ class Encoder:
 
         ``abort`` is checked between inference calls (each well under a second), so a
         shutdown never waits for a whole large batch. ``priority`` (URGENT or BULK) decides
-        who gets the next free session when calls overlap. ``kind`` ("document" or "query") is the
-        same for both here: these models embed rows and queries alike."""
+        who gets the next free session when calls overlap. ``kind`` ("document" or "query") picks
+        the model's prompt for that kind, if it has one."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
+        prompt = self.prompts.get(kind, "")
+        if prompt:
+            texts = [prompt + text for text in texts]
         hook = self.failure_hook  # read once: a test may clear it while this call runs
         if hook is not None:
             for text in texts:

@@ -14,7 +14,7 @@ table, and Q, K, V projections are one packed MatMul.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class CheckpointInfo:
     max_tokens: int
     pooling: str
     normalize: bool
+    #: Text put before each input, as sentence-transformers does: by kind ("query", "document").
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 def read_checkpoint_info(model_dir: Path) -> CheckpointInfo:
@@ -72,6 +74,7 @@ def read_checkpoint_info(model_dir: Path) -> CheckpointInfo:
     st_config = model_dir / "sentence_bert_config.json"
     if st_config.exists():
         max_tokens = int(json.loads(st_config.read_text()).get("max_seq_length", max_tokens))
+    prompts = _prompts(model_dir / "config_sentence_transformers.json")
     return CheckpointInfo(
         hidden_size=int(config["hidden_size"]),
         num_heads=int(config["num_attention_heads"]),
@@ -80,7 +83,21 @@ def read_checkpoint_info(model_dir: Path) -> CheckpointInfo:
         max_tokens=max_tokens,
         pooling=pooling,
         normalize=normalize,
+        prompts=prompts,
     )
+
+
+def _prompts(path: Path) -> dict[str, str]:
+    """The prompts sentence-transformers puts before queries and documents: its encode_query uses
+    the one named "query", its encode_document "document" (else "passage", else "corpus"); either,
+    when missing, the default_prompt_name's."""
+    if not path.exists():
+        return {}
+    config = json.loads(path.read_text())
+    named: dict[str, str] = config.get("prompts") or {}
+    default = named.get(config.get("default_prompt_name") or "", "")
+    document = next((named[k] for k in ("document", "passage", "corpus") if k in named), default)
+    return {kind: text for kind, text in (("query", named.get("query", default)), ("document", document)) if text}
 
 
 class _GraphBuilder:

@@ -83,6 +83,8 @@ class ModelManifest:
     #: For int8: smoothed graphs tuning may try (embedding/smoothing.py).
     tune_smoothing: tuple[Int8Variant, ...] = ()
     manifest_path: Path | None = None
+    #: Text put before each input by kind ("query", "document"), as the model's configuration says.
+    prompts: dict[str, str] = field(default_factory=dict)
     #: File-system name when the manifest says one (a hub model: ``<org>--<name>``, so that two
     #: organisations' models of the same name never share an export).
     file_name: str | None = None
@@ -105,6 +107,7 @@ class ModelManifest:
             checksums=data.get("checksums", {}),
             precision=data.get("precision", "fp32"),
             file_name=data.get("slug"),
+            prompts=dict(data.get("prompts", {})),
             keep_fp32=tuple(data.get("keep_fp32", ())),
             tune_keep_fp32=tuple(tuple(keep) for keep in data.get("tune_keep_fp32", ())),
             tune_smoothing=tuple(
@@ -294,6 +297,8 @@ def write_manifest(model_dir: Path, name: str, models_dir: Path, slug: str | Non
     }
     if slug:
         manifest["slug"] = slug
+    if info.prompts:
+        manifest["prompts"] = info.prompts
     models_dir.mkdir(parents=True, exist_ok=True)
     path = models_dir / f"{slug or name.rsplit('/', 1)[-1]}.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -328,4 +333,5 @@ def load_encoder(
         threads=threads,
         sessions=sessions,
         token_budget=token_budget or DEFAULT_TOKEN_BUDGET,
+        prompts=manifest.prompts,
     )
