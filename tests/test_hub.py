@@ -108,3 +108,28 @@ async def test_a_hub_model_waits_for_its_weights_then_embeds_like_sentence_trans
             body = await refused.json()
             assert refused.status == 400 and words in body["error"], body
             assert "sentence-transformers/all-MiniLM-L6-v2" in body["error"]
+
+
+def test_models_pull_fetches_and_exports_ahead_of_the_first_job(hub_cache, tmp_path) -> None:
+    """`vectorize models pull <org>/<name>`: the files through huggingface_hub (here its cache, set
+    by HF_HUB_CACHE as a user would), the graph exported, the manifest there for the next start."""
+    import os
+    import subprocess
+    import sys
+
+    _arrive(hub_cache)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for manifest in MODELS_DIR.glob("*.json"):
+        shutil.copy(manifest, models_dir)
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "VECTORIZE_MODELS_DIR": str(models_dir)}
+    pulled = subprocess.run(
+        [sys.executable, "-m", "vectorize", "models", "pull", "acme/minilm"], env=env, capture_output=True, text=True
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert (models_dir / "acme--minilm" / "model.onnx").exists() and "384 dimensions" in pulled.stdout
+    assert "acme/minilm" in load_manifests(models_dir)
+    refused = subprocess.run(
+        [sys.executable, "-m", "vectorize", "models", "pull", "acme/robertish"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "'roberta'" in refused.stderr

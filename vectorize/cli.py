@@ -78,6 +78,35 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    """Fetch a hub model's files (huggingface_hub's progress bars show the download) and export its
+    graph now, so the first job on it starts at once instead of waiting for them."""
+    from .embedding.errors import EmbedderUnavailable
+    from .embedding.hub import HubModelRefused
+    from .embedding.registry import ensure_exported, write_manifest
+    from .service import model_catalog
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    catalog = model_catalog(settings)
+    if not catalog.hub_model(args.name):
+        print(
+            f"vectorize: {args.name!r} is not a Hugging Face hub model name (<org>/<name>) this installation lacks",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        catalog.hub.describe(args.name)
+        folder = catalog.hub.fetch(args.name)
+    except (EmbedderUnavailable, HubModelRefused) as exc:
+        print(f"vectorize: {exc}", file=sys.stderr)
+        return 1
+    manifest = write_manifest(folder, args.name, settings.models_dir, slug=args.name.replace("/", "--"))
+    onnx_path, _ = ensure_exported(manifest, settings.models_dir)
+    print(f"model {args.name}: files in {folder}, graph {onnx_path} ({manifest.dimension} dimensions)")
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .embedding.registry import export_paths, is_exported, load_manifests
     from .service import model_catalog
@@ -329,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     models = sub.add_parser("models", help="list or export embedding models").add_subparsers(dest="models_command", required=True)
     models.add_parser("list", help="models this installation can run").set_defaults(func=cmd_models_list)
+    p = models.add_parser("pull", help="fetch a Hugging Face hub model and export it ahead of its first job")
+    p.add_argument("name", help="<org>/<name> on the hub, e.g. BAAI/bge-small-en-v1.5")
+    p.set_defaults(func=cmd_models_pull)
     p = models.add_parser("register", help="list a provider's or a hub model for jobs created in SQL")
     p.add_argument("name", help="<provider>/<model> or <org>/<name> on the hub, e.g. ollama/nomic-embed-text")
     p.set_defaults(func=cmd_models_register)
