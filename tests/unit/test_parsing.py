@@ -41,16 +41,17 @@ def test_job_definition_shape() -> None:
         "update_time_col": "u",
         "model": "m",
     }
+    # Search settings left out are left out (the job keeps its own); said as null, they are cleared.
     assert parse_job_definition(body) == {
         **body,
         "chunking": True,
         "chunk_tokens": None,
         "chunk_overlap": 32,
-        "return_columns": None,
-        "ef_search": None,
-        "hnsw_m": None,
-        "hnsw_ef_construction": None,
+        "language": "english",
     }
+    assert parse_job_definition({**body, "return_columns": None})["return_columns"] is None
+    with pytest.raises(UserError, match="language contains a NUL"):
+        parse_job_definition({**body, "language": "ger\x00man"})
     with pytest.raises(UserError, match="hnsw_m must be an integer or null, got str"):
         parse_job_definition({**body, "hnsw_m": "16"})
     assert parse_job_definition({**body, "return_columns": ["a", "id"]})["return_columns"] == ["a", "id"]
