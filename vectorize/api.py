@@ -38,7 +38,7 @@ CATALOG = web.AppKey("catalog", ModelCatalog)
 QUERIES = web.AppKey("queries", QueryEmbedder)
 SETTINGS = web.AppKey("settings", Settings)
 #: The caller's rights (vectorize/access.py), set by the auth middleware.
-PRINCIPAL = "vectorize.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 #: Response header of a search that asked for wait_for_sync: "true" when every change
 #: committed before the request was embedded in time, "false" when the wait ran out.
 FRESH_HEADER = "X-Vectorize-Fresh"

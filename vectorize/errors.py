@@ -15,6 +15,7 @@ SQLSTATE_STATUS = {
     "VZ400": 400,
     "VZ404": 404,
     "VZ409": 409,
+    "VZ410": 409,  # the generation asked for is gone (a switch raced the request): asking again helps
     "42501": 403,  # insufficient_privilege
 }
 
@@ -22,10 +23,12 @@ SQLSTATE_STATUS = {
 class UserError(Exception):
     """A request that cannot succeed as written; ``status`` is the HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        #: The database's SQLSTATE when it raised it (which kind of conflict, for example).
+        self.sqlstate = sqlstate
 
 
 def from_database(exc: psycopg.Error) -> UserError | None:
@@ -36,7 +39,7 @@ def from_database(exc: psycopg.Error) -> UserError | None:
     message = exc.diag.message_primary or str(exc)
     if exc.diag.message_hint:
         message = f"{message} (fix: {exc.diag.message_hint})"
-    return UserError(status, message)
+    return UserError(status, message, sqlstate=exc.sqlstate)
 
 
 @contextmanager

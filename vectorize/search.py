@@ -26,6 +26,8 @@ SYNC_POLL_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.2
 
 #: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
 #: function's defaults and the OpenAPI document are checked against them in the tests).
+#: The SQLSTATE of a generation switched out and dropped while a search was on its way (01_helpers.sql).
+GENERATION_GONE = "VZ410"
 RANKING_OPTIONS = {"semantic_wt": 1.0, "fts_wt": 1.0, "rrf_k": 60.0}
 
 
@@ -183,7 +185,7 @@ async def search(
                 with database_errors():
                     return await _search_once(pool, queries, job_name, text, limit, filters, options, role)
             except UserError as exc:
-                if exc.status != 409 or "no longer exists" not in exc.message or attempt == 2:
+                if exc.sqlstate != GENERATION_GONE or attempt == 2:
                     raise
     raise AssertionError("unreachable")
 

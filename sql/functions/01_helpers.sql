@@ -3,6 +3,7 @@
 -- Raise one of our SQLSTATEs, which the API maps to HTTP statuses (vectorize/errors.py):
 --   VZ400 -> 400 (bad definition)   VZ404 -> 404 (schema/table/column missing)
 --   VZ409 -> 409 (name taken by a different definition)   42501 -> 403 (no privilege)
+--   VZ410 -> 409 (the generation asked for was switched out and dropped: ask again)
 create or replace function vectorize._fail(code text, message text, hint text default null)
 returns void language plpgsql as $$
 begin
@@ -36,7 +37,8 @@ $$;
 
 -- The job as one of its generations sees it: the job row with that generation's definition
 -- (src_columns, update_time_col, model, dimension, chunking) and number. Null generation:
--- the serving one. Raises VZ409 when the generation no longer exists (switched out and dropped).
+-- the serving one. Raises VZ410 when the generation no longer exists (switched out and dropped):
+-- a conflict of its own kind, which a caller that raced a switch answers by asking again.
 create or replace function vectorize._generation_job(p_job_id uuid, p_generation int default null) returns vectorize.job
 language plpgsql stable security definer as $$
 declare
@@ -52,7 +54,7 @@ begin
     end if;
     select * into g from vectorize.generation where job_id = p_job_id and generation = p_generation;
     if not found then
-        perform vectorize._fail('VZ409', format('generation %s of job %s no longer exists', p_generation, to_json(j.job_name)),
+        perform vectorize._fail('VZ410', format('generation %s of job %s no longer exists', p_generation, to_json(j.job_name)),
                                 'ask again: the job has switched to another generation');
     end if;
     return vectorize._with_definition(j, g);
