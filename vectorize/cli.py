@@ -83,7 +83,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     graph now, so the first job on it starts at once instead of waiting for them."""
     from .embedding.errors import EmbedderUnavailable
     from .embedding.hub import HubModelRefused
-    from .embedding.registry import ensure_exported, write_manifest
+    from .embedding.registry import ensure_exported
     from .service import model_catalog
 
     settings = _settings(args)
@@ -96,14 +96,12 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        catalog.hub.describe(args.name)
-        folder = catalog.hub.fetch(args.name)
+        manifest = catalog.pull(args.name)
     except (EmbedderUnavailable, HubModelRefused) as exc:
         print(f"vectorize: {exc}", file=sys.stderr)
         return 1
-    manifest = write_manifest(folder, args.name, settings.models_dir, slug=args.name.replace("/", "--"))
     onnx_path, _ = ensure_exported(manifest, settings.models_dir)
-    print(f"model {args.name}: files in {folder}, graph {onnx_path} ({manifest.dimension} dimensions)")
+    print(f"model {args.name}: files in {manifest.source['path']}, graph {onnx_path} ({manifest.dimension} dimensions)")
     return 0
 
 

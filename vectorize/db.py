@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -160,16 +161,7 @@ def publish_models(conn: psycopg.Connection, models: list[ModelInfo]) -> None:
     """Tell the database which models this installation can run (job validation reads it)."""
     with conn.transaction():
         for m in models:
-            conn.execute(
-                query("upsert_model"),
-                {
-                    "name": m.name,
-                    "dimension": m.dimension,
-                    "max_tokens": m.max_tokens,
-                    "provider": m.provider,
-                    "precision": m.precision,
-                },
-            )
+            conn.execute(query("upsert_model"), asdict(m))
 
 
 def _configurer(statement_timeout: float | None) -> Callable[[Connection], Awaitable[None]]:

@@ -230,8 +230,8 @@ async def _politely(
             with database_errors():
                 async with pool.connection() as conn, conn.transaction():
                     await conn.execute(query("set_lock_timeout"), {"timeout": SOURCE_LOCK_TIMEOUT})
-                    if role is not None and action != "created" and job_name not in await _readable(conn, role):
-                        raise UserError(404, f"job {job_name!r} does not exist")
+                    if action != "created":
+                        await _require_readable(conn, role, job_name)
                     return await work(conn)
         except psycopg.errors.LockNotAvailable:
             if attempt == SOURCE_LOCK_TRIES:
@@ -291,6 +291,13 @@ async def _require_reads(conn: AsyncConnection[Any], role: str | None, definitio
         )
 
 
+async def _require_readable(conn: AsyncConnection[Any], role: str | None, job_name: str) -> None:
+    """For a ``role`` (an API token's), a job whose source it may not read is answered like one
+    that does not exist."""
+    if role is not None and job_name not in await _readable(conn, role):
+        raise UserError(404, f"job {job_name!r} does not exist")
+
+
 async def _readable(conn: AsyncConnection[Any], role: str) -> set[str]:
     try:
         return {r["job_name"] for r in await (await conn.execute(query("readable_jobs"), {"role": role})).fetchall()}
@@ -318,8 +325,7 @@ async def show_job(pool: Pool, job_name: str, errors: int = 10, role: str | None
     job's source, 404 as if there were no such job."""
     if role is not None:
         async with pool.connection() as conn:
-            if job_name not in await _readable(conn, role):
-                raise UserError(404, f"job {job_name!r} does not exist")
+            await _require_readable(conn, role, job_name)
     status = await job_status(pool, job_name)
     async with pool.connection() as conn:
         failures = await (await conn.execute(query("job_failures"), {"job_id": status["id"], "limit": errors})).fetchall()

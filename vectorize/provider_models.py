@@ -8,6 +8,7 @@ same ahead of time, for jobs created by ``INSERT`` in psql."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 
 from .db import Pool
 from .embedding.catalog import ModelCatalog, ModelInfo
@@ -49,14 +50,6 @@ async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) ->
 
 
 async def register(pool: Pool, info: ModelInfo) -> None:
+    """The model in vectorize.model, as publish_models writes it at start-up (its fields are the columns)."""
     async with pool.connection() as conn:
-        await conn.execute(
-            query("upsert_model"),
-            {
-                "name": info.name,
-                "dimension": info.dimension,
-                "max_tokens": info.max_tokens,
-                "provider": info.provider,
-                "precision": info.precision,
-            },
-        )
+        await conn.execute(query("upsert_model"), asdict(info))

@@ -24,10 +24,10 @@ MAX_WAIT_FOR_SYNC = 60.0
 SYNC_POLL_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.2
 
 
-#: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
-#: function's defaults and the OpenAPI document are checked against them in the tests).
 #: The SQLSTATE of a generation switched out and dropped while a search was on its way (01_helpers.sql).
 GENERATION_GONE = "VZ410"
+#: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
+#: function's defaults and the OpenAPI document are checked against them in the tests).
 RANKING_OPTIONS = {"semantic_wt": 1.0, "fts_wt": 1.0, "rrf_k": 60.0}
 
 

@@ -146,22 +146,30 @@ begin
 end $$;
 revoke execute on function vectorize._tally_write() from public;
 
+-- Whether an embeddings table has its counting triggers.
+create or replace function vectorize._tallied(p_emb regclass) returns boolean
+language sql stable as $$
+    select exists (select from pg_catalog.pg_trigger t where t.tgrelid = p_emb and t.tgname = 'tally_ins')
+$$;
+
 -- Put the counting triggers on an embeddings table that lacks them (a new one, or one made by
 -- an older release: counted once here, under the trigger's lock so no write slips between).
+-- The same events and transition tables as the capture triggers (vectorize._trigger_kinds);
+-- a TRUNCATE of an embeddings table never happens (deletes do).
 create or replace function vectorize._install_tally(p_emb regclass) returns void
 language plpgsql as $$
+declare
+    v_kind record;
 begin
-    if exists (select from pg_catalog.pg_trigger t where t.tgrelid = p_emb and t.tgname = 'tally_insert') then
+    if vectorize._tallied(p_emb) then
         return;
     end if;
     -- A table's OID can be one a dropped table had: its deltas are not this table's.
     delete from vectorize.row_tally where relid = p_emb;
-    execute format('create trigger tally_insert after insert on %s referencing new table as new_rows
-                    for each statement execute function vectorize._tally_write()', p_emb);
-    execute format('create trigger tally_update after update on %s referencing old table as old_rows new table as new_rows
-                    for each statement execute function vectorize._tally_write()', p_emb);
-    execute format('create trigger tally_delete after delete on %s referencing old table as old_rows
-                    for each statement execute function vectorize._tally_write()', p_emb);
+    for v_kind in select * from vectorize._trigger_kinds() k where k.suffix <> '_trunc' loop
+        execute format('create trigger %I ' || format(v_kind.event, p_emb) || ' for each statement execute function vectorize._tally_write()',
+                       'tally' || v_kind.suffix);
+    end loop;
     execute format('insert into vectorize.row_tally (relid, row_count, checked_rows, written)
                     select %s, count(*), count(*) filter (where source_updated_at is distinct from ''-infinity''), 0
                       from %s where chunk = 0', p_emb::oid, p_emb);
@@ -177,7 +185,7 @@ begin
     if p_emb is null then
         return;
     end if;
-    if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = p_emb and t.tgname = 'tally_insert') then
+    if not vectorize._tallied(p_emb) then
         select c.row_count into row_count from vectorize._row_count(p_emb) c;
         checked_rows := row_count;
         written_last_minute := 0;

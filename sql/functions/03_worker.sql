@@ -125,10 +125,12 @@ declare
     j vectorize.job := vectorize._generation_job(p_job_id, p_generation);
 begin
     return query execute format(
-        'select s.%1$I::text, %2$s, s.%3$I,
-                (select array_agg(e.content_hash order by e.chunk) from %5$s e where e.%1$I = s.%1$I),
-                coalesce((select e.source_updated_at = ''-infinity'' from %5$s e where e.%1$I = s.%1$I and e.chunk = 0), false)
+        'select s.%1$I::text, %2$s, s.%3$I, stored.hashes, coalesce(stored.fts_stale, false)
            from %4$s s
+           cross join lateral (
+               select array_agg(e.content_hash order by e.chunk) as hashes,
+                      bool_or(e.chunk = 0 and e.source_updated_at = ''-infinity'') as fts_stale
+                 from %5$s e where e.%1$I = s.%1$I) stored
           where s.%1$I = any($1::%6$s[])',
         j.primary_key, vectorize._content_expr(j), j.update_time_col, vectorize._source(j),
         vectorize._embeddings_table(j.job_name, j.generation), vectorize._pk_type(j))

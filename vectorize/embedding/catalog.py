@@ -115,7 +115,7 @@ class ModelCatalog:
         makes its jobs wait with backoff like any embedder outage (a failed fetch is tried again)."""
         fetch = self._fetches.get(name)
         if fetch is None or (fetch.done() and fetch.exception() is not None):
-            fetch = self._fetches[name] = self._fetcher.submit(self._fetch, name)
+            fetch = self._fetches[name] = self._fetcher.submit(self.pull, name)
         if not fetch.done():
             raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub")
         error = fetch.exception()
@@ -123,8 +123,13 @@ class ModelCatalog:
             raise EmbedderUnavailable(f"model {name} could not be fetched: {error}")
         return fetch.result()
 
-    def _fetch(self, name: str) -> ModelManifest:
+    def pull(self, name: str) -> ModelManifest:
+        """Fetch a hub model's files and describe them in a manifest in the models dir (where the
+        next start finds it). HubModelRefused if it cannot run here, EmbedderUnavailable while the
+        hub cannot be reached. Its architecture is checked from the configuration files before any
+        weights are fetched."""
         log.info("event=hub_model_fetching model=%s", name)
+        self.hub.describe(name)
         folder = self.hub.fetch(name)
         manifest = write_manifest(folder, name, self.models_dir, slug=name.replace("/", "--"))
         log.info("event=hub_model_fetched model=%s path=%s", name, folder)
