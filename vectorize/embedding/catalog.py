@@ -108,7 +108,7 @@ class ModelCatalog:
         """A hub model's dimension and window, from its configuration files alone (no weights yet);
         HubModelRefused if it cannot run here, EmbedderUnavailable while the hub cannot be reached."""
         info = self.hub.describe(name)
-        return ModelInfo(name, info.hidden_size, info.max_tokens, "onnx", "fp32")
+        return ModelInfo(name, info.dimension, info.max_tokens, "onnx", "fp32")
 
     def _hub_manifest(self, name: str) -> ModelManifest:
         """The hub model's manifest once its files are here; until then EmbedderUnavailable, which

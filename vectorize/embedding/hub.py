@@ -10,8 +10,9 @@ import json
 import re
 from pathlib import Path
 
+from .architectures import SUPPORTED
+from .checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
 from .errors import EmbedderUnavailable
-from .export import CheckpointInfo, read_checkpoint_info
 
 #: What describes a model: small files, fetched before any weights to check it can run here.
 CONFIG_FILES = ["config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "*/config.json"]
@@ -19,8 +20,6 @@ CONFIG_FILES = ["config.json", "modules.json", "sentence_bert_config.json", "con
 RUN_FILES = ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
 #: ``<org>/<name>`` as the hub spells repositories.
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-#: What the exporter turns into a graph today; other architectures are refused by name.
-SUPPORTED = "BERT (MiniLM, bge, e5, gte, multi-qa, paraphrase-MiniLM, arctic-embed-s/m)"
 
 
 class HubModelRefused(ValueError):
@@ -72,12 +71,14 @@ class Hub:
             return read_checkpoint_info(folder)
         except ValueError as exc:
             kind = data.get("model_type") or "unknown"
-            raise HubModelRefused(f"model {name} is a {kind!r} model; supported: {SUPPORTED} ({exc})") from None
+            supported = "" if "supported:" in str(exc) else f"; supported architectures: {SUPPORTED}"
+            raise HubModelRefused(f"model {name} ({kind}) cannot run here: {exc}{supported}") from None
 
     def fetch(self, name: str) -> Path:
         """Every file the model runs from, in the hub cache; the folder they are in."""
-        folder = self._snapshot(name, CONFIG_FILES + RUN_FILES)
-        missing = [f for f in ("model.safetensors", "tokenizer.json") if not (folder / f).exists()]
+        dense = weight_files(self.describe(name))
+        folder = self._snapshot(name, CONFIG_FILES + RUN_FILES + dense)
+        missing = [f for f in ("model.safetensors", "tokenizer.json", *dense) if not (folder / f).exists()]
         if missing:
             raise HubModelRefused(f"model {name} has no {' or '.join(missing)} on the hub (safetensors weights are required)")
         return folder

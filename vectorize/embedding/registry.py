@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import read_checkpoint_info, weight_files
 from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
-from .export import GRAPH_VERSION, export_checkpoint, read_checkpoint_info
+from .export import GRAPH_VERSION, export_checkpoint
 from .smoothing import OUTLIER_SUFFIX
 
 #: How int8 GEMM weights are stored, and why each exists. onnxruntime multiplies uint8
@@ -289,11 +290,11 @@ def write_manifest(model_dir: Path, name: str, models_dir: Path, slug: str | Non
     manifest = {
         "name": name,
         "source": {"path": str(model_dir)},
-        "dimension": info.hidden_size,
+        "dimension": info.dimension,
         "max_tokens": info.max_tokens,
         "pooling": info.pooling,
         "normalize": info.normalize,
-        "checksums": {f: _sha256(model_dir / f) for f in ("model.safetensors", "tokenizer.json")},
+        "checksums": {f: _sha256(model_dir / f) for f in ("model.safetensors", "tokenizer.json", *weight_files(info))},
     }
     if slug:
         manifest["slug"] = slug

@@ -34,10 +34,14 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        start, end = info["data_offsets"]
+        if info["dtype"] == "BF16":  # bfloat16 is float32's upper half: widen it exactly
+            halves = np.frombuffer(body[start:end], dtype="<u2").astype(np.uint32) << 16
+            tensors[name] = halves.view(np.float32).reshape(info["shape"])
+            continue
         dtype = _DTYPES.get(info["dtype"])
         if dtype is None:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
         array = np.frombuffer(body[start:end], dtype=np.dtype(dtype).newbyteorder("<"))
         tensors[name] = array.reshape(info["shape"]).astype(dtype)
     return tensors

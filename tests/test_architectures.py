@@ -1,0 +1,97 @@
+"""Every architecture and pooling kind the exporter builds equals sentence-transformers.
+
+The checkpoints are tiny random-weight ones (bench/make_tiny_models.py made them and the
+reference embeddings with sentence-transformers and PyTorch, which never run here): BERT with
+mean pooling and e5's prompts, with CLS pooling and a Dense layer and bge's query instruction,
+with three poolings concatenated; RoBERTa with max pooling and a byte-level BPE tokenizer;
+XLM-RoBERTa with a sentencepiece-style unigram tokenizer on non-Latin text; MPNet (relative
+position bias) with weighted-mean and mean pooling; DistilBERT with last-token pooling and a
+Dense layer. Rows are embedded as documents and search text as queries, prompts applied."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vectorize.embedding.checkpoint import read_checkpoint_info
+from vectorize.embedding.registry import ModelManifest, load_encoder, write_manifest
+
+TINY = Path(__file__).parent / "fixtures" / "tiny_models"
+CHECKPOINTS = sorted(p.name for p in TINY.iterdir() if (p / "reference.json").exists())
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_every_architecture_and_pooling_is_covered() -> None:
+    kinds = {(read_checkpoint_info(TINY / name).model_type, read_checkpoint_info(TINY / name).pooling) for name in CHECKPOINTS}
+    assert {kind for kind, _ in kinds} == {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert"}
+    modes = {mode for _, pooling in kinds for mode in pooling.split("+")}
+    assert modes == {"mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"}
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_exported_embeddings_equal_sentence_transformers(name: str, tmp_path: Path) -> None:
+    reference = json.loads((TINY / name / "reference.json").read_text())
+    manifest = write_manifest(TINY / name, f"tiny/{name}", tmp_path)
+    encoder = load_encoder(manifest, tmp_path, threads=1)
+    assert encoder.dimension == len(reference["document"][0]) == manifest.dimension
+    for kind in ("document", "query"):
+        ours = encoder.embed(reference["texts"], kind=kind)
+        cosines = _cosines(ours, np.array(reference[kind], dtype=np.float32))
+        assert cosines.min() >= 0.9999, (kind, cosines.round(5).tolist())
+
+
+def test_prompts_and_multilingual_text_reach_the_model(tmp_path: Path) -> None:
+    """The prompt changes the query's vector (so the comparison above checks it), and the
+    unigram tokenizer reads non-Latin text as its own tokens, not as unknowns."""
+    name = "xlm-roberta-mean"
+    manifest = write_manifest(TINY / name, f"tiny/{name}", tmp_path)
+    encoder = load_encoder(manifest, tmp_path, threads=1)
+    texts = json.loads((TINY / name / "reference.json").read_text())["texts"]
+    assert _cosines(encoder.embed(texts, kind="query"), encoder.embed(texts, kind="document")).max() < 0.9999
+    unknown = encoder.tokenizer.token_to_id("<unk>")
+    for text in ("лиса прыгает через собаку.", "素早い狐が犬を飛び越える。", "Η αλεπού πηδά."):
+        assert unknown not in encoder.tokenizer.encode(text).ids[1:-1], text
+
+
+def test_the_window_truncates_like_sentence_transformers(tmp_path: Path) -> None:
+    """The last reference text is longer than the window: equal embeddings mean the same cut."""
+    name = "roberta-max"
+    manifest = write_manifest(TINY / name, f"tiny/{name}", tmp_path)
+    encoder = load_encoder(manifest, tmp_path, threads=1)
+    texts = json.loads((TINY / name / "reference.json").read_text())["texts"]
+    assert len(encoder.tokenizer.encode(texts[-1]).ids) == manifest.max_tokens == 64
+    assert len(encoder.counter.offsets([texts[-1]])[0]) > 64
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"config.json": {"model_type": "gpt2"}}, "model_type 'gpt2' is not supported; supported: BERT"),
+        ({"config.json": {"hidden_act": "gelu_new"}}, "hidden_act 'gelu_new'"),
+        ({"1_Pooling/config.json": {"pooling_mode": "median"}}, "pooling ['median'] is not supported"),
+        ({"1_Pooling/config.json": {"include_prompt": False}}, "include_prompt"),
+        ({"2_Dense/config.json": {"activation_function": "my.Activation"}}, "Dense activation 'my.Activation'"),
+    ],
+)
+def test_what_cannot_be_built_is_refused_by_name(change: dict, words: str, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(TINY / "bert-cls-dense", model)
+    for file, values in change.items():
+        data = json.loads((model / file).read_text())
+        (model / file).write_text(json.dumps({**data, **values}))
+    with pytest.raises(ValueError) as refused:
+        read_checkpoint_info(model)
+    assert words in str(refused.value)
+
+
+def test_a_manifest_pins_the_dense_weights_too(tmp_path: Path) -> None:
+    manifest = write_manifest(TINY / "bert-cls-dense", "tiny/dense", tmp_path)
+    assert set(manifest.checksums) == {"model.safetensors", "tokenizer.json", "2_Dense/model.safetensors"}
+    assert ModelManifest.from_file(tmp_path / "dense.json").dimension == 16
