@@ -95,3 +95,48 @@ def test_a_manifest_pins_the_dense_weights_too(tmp_path: Path) -> None:
     manifest = write_manifest(TINY / "bert-cls-dense", "tiny/dense", tmp_path)
     assert set(manifest.checksums) == {"model.safetensors", "tokenizer.json", "2_Dense/model.safetensors"}
     assert ModelManifest.from_file(tmp_path / "dense.json").dimension == 16
+
+
+@pytest.mark.parametrize("name", ["mpnet-mean", "xlm-roberta-mean", "bert-cls-dense"])
+def test_every_model_s_int8_variant_goes_through_the_quality_gate(name: str, tmp_path: Path) -> None:
+    """A model added from a directory (or the hub) gets an int8 sibling whose graphs tuning builds
+    and gates against the model's fp32 graph; the chosen one passes the gate (or is fp32)."""
+    from vectorize.embedding.registry import load_manifests
+    from vectorize.embedding.tuning import FP32_FALLBACK, Tuner, TuningPlan, TuningStore
+
+    write_manifest(TINY / name, f"tiny/{name}", tmp_path)
+    manifest = load_manifests(tmp_path)[f"tiny/{name}-int8"]
+    assert manifest.precision == "int8" and manifest.dimension == len(
+        json.loads((TINY / name / "reference.json").read_text())["document"][0]
+    )
+    if name.startswith("mpnet"):  # QAttention has no input for MPNet's position bias
+        assert all(f"l{i}_attention" in manifest.keep_fp32 for i in range(2))
+    plan = TuningPlan(budgets=(1024,), timing_texts=16, rounds=1, quality_texts=60)
+    record = Tuner(TuningStore([tmp_path]), tmp_path, 1, plan=plan).tune(manifest, tmp_path)
+    gated = {label: figures for label, figures in record.figures.items() if "passes_gate" in figures}
+    assert len(gated) >= 5, record.figures  # the default, all-int8 and three smoothed graphs, each gated
+    variant = record.settings.variant
+    if variant is not None and variant != FP32_FALLBACK:
+        assert gated["int8" + variant.describe()]["passes_gate"] == 1.0
+    encoder = load_encoder(manifest, tmp_path, threads=1, graph=tmp_path / record.graph if record.graph else None)
+    reference = json.loads((TINY / name / "reference.json").read_text())
+    cosines = _cosines(encoder.embed(reference["texts"]), np.array(reference["document"], dtype=np.float32))
+    assert cosines.mean() >= 0.99, cosines.round(4).tolist()
+
+
+def test_a_model_whose_int8_graphs_all_fail_the_gate_runs_in_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gate no graph can pass (minimum cosine above 1): the int8 name runs the fp32 graph."""
+    from vectorize.embedding import tuning
+    from vectorize.embedding.registry import load_manifests
+
+    monkeypatch.setattr(tuning, "MIN_COSINE", 1.01)
+    write_manifest(TINY / "bert-mean-prompts", "tiny/strict", tmp_path)
+    manifest = load_manifests(tmp_path)["tiny/strict-int8"]
+    plan = tuning.TuningPlan(budgets=(1024,), timing_texts=16, rounds=1, quality_texts=40)
+    record = tuning.Tuner(tuning.TuningStore([tmp_path]), tmp_path, 1, plan=plan).tune(manifest, tmp_path)
+    assert record.settings.variant == tuning.FP32_FALLBACK and record.graph
+    assert not any(figures.get("passes_gate") for figures in record.figures.values())
+    encoder = load_encoder(manifest, tmp_path, threads=1, graph=tmp_path / record.graph)
+    reference = json.loads((TINY / "bert-mean-prompts" / "reference.json").read_text())
+    cosines = _cosines(encoder.embed(reference["texts"]), np.array(reference["document"], dtype=np.float32))
+    assert cosines.min() >= 0.9999

@@ -5,7 +5,9 @@ embedding exactly as sentence-transformers would, its query and document prompts
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from vectorize.embedding.registry import load_manifests, source_dir
 from vectorize.embedding.tuning import Tuner, TuningStore
 from vectorize.paths import MODELS_DIR
 
+from .fake_hub import FakeHub
 from .helpers import MODEL, MY_JOB, api_client, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -133,3 +136,81 @@ def test_models_pull_fetches_and_exports_ahead_of_the_first_job(hub_cache, tmp_p
         [sys.executable, "-m", "vectorize", "models", "pull", "acme/gpt"], env=env, capture_output=True, text=True
     )
     assert refused.returncode == 1 and "'gpt2'" in refused.stderr and "MPNet" in refused.stderr
+
+
+TINY = Path(__file__).parent / "fixtures" / "tiny_models"
+
+
+def _status(conn) -> dict:
+    return conn.execute("select sync_state, waiting_reason from vectorize.job_status where job_name = 'my_job'").fetchone()
+
+
+async def test_a_hub_download_through_huggingface_hub_shows_its_size_and_progress_and_outlives_an_outage(
+    tmp_path, conn, products, settings, start_worker, monkeypatch
+) -> None:
+    """The real huggingface_hub code against a local server speaking the hub's protocol: a dry run
+    says the download size (and counts tokens with the model's own tokenizer, its weights not
+    fetched); a job waits while the hub fails (nothing failed, nothing parked), then shows the
+    download's progress, then backfills with the model, an XLM-RoBERTa, without an operator."""
+    from aiohttp.test_utils import TestServer
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest keeps every other test offline
+    # Its reads are 10 MB each (a real model's progress moves in those steps); ours is 0.1 MB.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+    model_files = TINY / "xlm-roberta-mean"
+    fake = FakeHub({"acme/tiny-xlmr": model_files})
+    server = TestServer(fake.app)
+    await server.start_server()
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for manifest in MODELS_DIR.glob("*.json"):
+        shutil.copy(manifest, models_dir)
+    hub = Hub(cache_dir=tmp_path / "hf", endpoint=str(server.make_url("")).rstrip("/"))
+    hub_catalog = ModelCatalog(models_dir, tuner=Tuner(TuningStore([models_dir]), models_dir, 2, enabled=False), hub=hub)
+    job = {**MY_JOB, "model": "acme/tiny-xlmr"}
+    try:
+        async with api_client(settings, hub_catalog) as api:
+            dry = await api.post("/api/v1/table?dry_run=true", json=job)
+            plan = await dry.json()
+            assert dry.status == 200, plan
+            run_files = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+            assert plan["download_bytes"] == sum((model_files / f).stat().st_size for f in run_files)
+            assert "MB from the Hugging Face hub (acme/tiny-xlmr)" in plan["download"] and plan["tokens"] > 0
+            assert "model.safetensors" not in fake.downloads and plan["rate_tokens_per_second"] is None
+
+            fake.broken = True
+            created = await api.post("/api/v1/table", json=job)
+            assert created.status == 200, await created.text()
+            start_worker(with_catalog=hub_catalog, embedder_backoff=0.1, embedder_backoff_max=0.3, poll_interval=0.2)
+            failed = await wait_until(
+                lambda: (s := _status(conn))["waiting_reason"] and "could not be fetched" in s["waiting_reason"] and s, timeout=60
+            )
+            assert failed["sync_state"] == "waiting_for_embedder"
+            assert embedding_count(conn) == 0 and conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
+
+            fake.hold = asyncio.Event()
+            fake.broken = False
+            # Held half-way through the weights: the waiting reason says how far the download is.
+            fetching = await wait_until(
+                lambda: (
+                    (s := _status(conn))["waiting_reason"]
+                    and (m := re.search(r"\((\d+)% of 0\.\d MB\)", s["waiting_reason"]))
+                    and int(m.group(1)) >= 40
+                    and m
+                ),
+                timeout=60,
+            )
+            assert int(fetching.group(1)) < 100, fetching.group(0)
+            fake.hold.set()
+            rows_embedded = 'select count(distinct product_id) as n from vectorize."_embeddings_my_job"'
+            await wait_until(lambda: conn.execute(rows_embedded).fetchone()["n"] == 40 and queue_depth(conn) == 0, timeout=120)
+            assert conn.execute("select count(*) as n from vectorize.failure").fetchone()["n"] == 0
+            assert (
+                conn.execute("select dimension from vectorize.model where name = 'acme/tiny-xlmr'").fetchone()["dimension"] == 32
+            )
+            searched = await api.get("/api/v1/search", params={"job_name": "my_job", "query": "camping", "limit": "3"})
+            assert searched.status == 200 and len(await searched.json()) == 3
+            assert {"acme--tiny-xlmr.json", "acme--tiny-xlmr-int8.json"} <= {p.name for p in models_dir.iterdir()}
+    finally:
+        await server.close()

@@ -82,7 +82,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     """Fetch a hub model's files (huggingface_hub's progress bars show the download) and export its
     graph now, so the first job on it starts at once instead of waiting for them."""
     from .embedding.errors import EmbedderUnavailable
-    from .embedding.hub import HubModelRefused
+    from .embedding.hub import HubModelRefused, human_size
     from .embedding.registry import ensure_exported
     from .service import model_catalog
 
@@ -96,6 +96,10 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
         )
         return 1
     try:
+        pending = catalog.pending_download(args.name)
+        if pending is not None:
+            size = "its size unknown now" if pending.size is None else human_size(pending.size)
+            print(f"model {args.name}: fetching {pending.repo} from the Hugging Face hub ({size})", flush=True)
         manifest = catalog.pull(args.name)
     except (EmbedderUnavailable, HubModelRefused) as exc:
         print(f"vectorize: {exc}", file=sys.stderr)

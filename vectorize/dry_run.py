@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .db import Pool
-from .embedding.catalog import Embedder, ModelCatalog
+from .embedding.catalog import Embedder, ModelCatalog, PendingDownload
 from .embedding.chunking import split_texts
+from .embedding.encoder import TokenCounter
+from .embedding.errors import EmbedderUnavailable
+from .embedding.hub import human_size
 from .embedding.remote import RemoteEmbedder
 from .errors import UserError, database_errors
 from .jobs import same_definition, with_defaults
@@ -43,7 +46,17 @@ class Work:
     chunk_texts: list[str]
 
 
-def measure(embedder: Embedder, definition: dict[str, Any], texts: list[str]) -> Work:
+class Sizing(Protocol):
+    """What counting a definition's work needs of a model: its window and its tokenizer."""
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def counter(self) -> TokenCounter | None: ...
+
+
+def measure(embedder: Sizing, definition: dict[str, Any], texts: list[str]) -> Work:
     """Cut ``texts`` the way the worker would and count their chunks and tokens."""
     if definition["chunking"]:
         window = definition["chunk_tokens"] or embedder.max_tokens
@@ -106,16 +119,20 @@ async def plan(pool: Pool, catalog: ModelCatalog, definition: dict[str, Any], *,
         # The serving embeddings are copied: only chunks whose text changed are embedded again.
         embeds = "nothing" if same_text else "changed chunks (at most the figures below)"
     texts = [row["content"] for row in sample]
-    embedder = await asyncio.to_thread(catalog.get, params["model"])
-    work = await asyncio.to_thread(measure, embedder, params, texts)
-    rate = await asyncio.to_thread(_rate, embedder, work)
+    download = await asyncio.to_thread(_pending_download, catalog, params["model"])
+    if download is None:
+        embedder = await asyncio.to_thread(catalog.get, params["model"])
+        work = await asyncio.to_thread(measure, embedder, params, texts)
+        rate = await asyncio.to_thread(_rate, embedder, work)
+    else:  # counted with the model's own tokenizer; not timed, its weights are not here yet
+        work, rate = await asyncio.to_thread(measure, download, params, texts), None
     first = sample[0] if sample else None
     total = first["total_rows"] if first else 0
     exact = first["exact"] if first else True
     scale = total / work.rows if work.rows else 0.0
     chunks, tokens = round(work.chunks * scale), round(work.tokens * scale)
     to_embed = 0 if embeds == "nothing" else tokens
-    return {
+    answer = {
         "dry_run": True,
         "job_name": job_name,
         "action": action,
@@ -131,6 +148,24 @@ async def plan(pool: Pool, catalog: ModelCatalog, definition: dict[str, Any], *,
         "rate_source": (
             f"this installation's engine, timed just now on {min(RATE_CHUNKS, work.chunks)} of the chunks"
             if rate
+            else "none: the model's weights are not here yet"
+            if download
             else "none: a remote model's time depends on its server; price it by its tokens"
         ),
     }
+    if download is not None:
+        answer["download_bytes"] = download.size
+        answer["download"] = (
+            f"{human_size(download.size)} from the Hugging Face hub ({download.repo}), fetched when the job is created"
+            if download.size is not None
+            else f"{download.repo} from the Hugging Face hub, fetched when the job is created (its size is unknown now)"
+        )
+    return answer
+
+
+def _pending_download(catalog: ModelCatalog, model: str) -> PendingDownload | None:
+    """The hub model's download, if the job would wait for one; the hub unreachable is a 503."""
+    try:
+        return catalog.pending_download(model)
+    except EmbedderUnavailable as exc:
+        raise UserError(503, f"{exc}; retry shortly") from None

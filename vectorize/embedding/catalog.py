@@ -17,11 +17,20 @@ from typing import Protocol
 import numpy as np
 
 from . import providers
+from .checkpoint import CheckpointInfo
 from .encoder import TokenCounter
 from .errors import EmbedderUnavailable
-from .hub import REPO_NAME, Hub
+from .hub import REPO_NAME, Hub, HubModelRefused
 from .providers import Kind
-from .registry import ModelManifest, ModelUnavailable, load_encoder, load_manifests, source_dir, write_manifest
+from .registry import (
+    INT8_SUFFIX,
+    ModelManifest,
+    ModelUnavailable,
+    load_encoder,
+    load_manifests,
+    source_dir,
+    write_manifest,
+)
 from .remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
 from .tuning import Tuner, TuningStore
 
@@ -57,6 +66,17 @@ class ModelInfo:
     max_tokens: int | None
     provider: str
     precision: str
+
+
+@dataclass(frozen=True)
+class PendingDownload:
+    """A hub model a job would fetch first: from which repository, how many bytes (None: the hub
+    could not say), and enough of the model to count tokens (dry_run.measure)."""
+
+    repo: str
+    size: int | None
+    max_tokens: int
+    counter: TokenCounter | None
 
 
 class ModelCatalog:
@@ -99,41 +119,62 @@ class ModelCatalog:
         self._lock = threading.Lock()
 
     def hub_model(self, name: str) -> bool:
-        """Whether ``name`` would be fetched from the Hugging Face hub: ``<org>/<name>``, neither a
-        model of ours nor a provider's (``ollama/…``)."""
+        """Whether ``name`` would be fetched from the Hugging Face hub: ``<org>/<name>`` (or its int8
+        variant, ``<org>/<name>-int8``), neither a model of ours nor a provider's (``ollama/…``)."""
         prefix = name.split("/", 1)[0]
         return name not in self.manifests and prefix not in REMOTE_PREFIXES and prefix != "local" and bool(REPO_NAME.match(name))
 
-    def probe_hub(self, name: str) -> ModelInfo:
-        """A hub model's dimension and window, from its configuration files alone (no weights yet);
+    def _hub_repo(self, name: str) -> tuple[str, CheckpointInfo]:
+        """The hub repository a model name comes from and what it declares: the repository of that
+        exact name, else, for ``<org>/<name>-int8``, ``<org>/<name>`` (whose int8 variant it is).
         HubModelRefused if it cannot run here, EmbedderUnavailable while the hub cannot be reached."""
-        info = self.hub.describe(name)
-        return ModelInfo(name, info.dimension, info.max_tokens, "onnx", "fp32")
+        try:
+            return name, self.hub.describe(name)
+        except HubModelRefused:
+            if not name.endswith(INT8_SUFFIX):
+                raise
+            repo = name.removesuffix(INT8_SUFFIX)
+            return repo, self.hub.describe(repo)
+
+    def probe_hub(self, name: str) -> ModelInfo:
+        """A hub model's dimension and window, from its configuration files alone (no weights yet)."""
+        repo, info = self._hub_repo(name)
+        return ModelInfo(name, info.dimension, info.max_tokens, "onnx", "fp32" if repo == name else "int8")
 
     def _hub_manifest(self, name: str) -> ModelManifest:
         """The hub model's manifest once its files are here; until then EmbedderUnavailable, which
         makes its jobs wait with backoff like any embedder outage (a failed fetch is tried again)."""
         fetch = self._fetches.get(name)
-        if fetch is None or (fetch.done() and fetch.exception() is not None):
+        if fetch is None:
             fetch = self._fetches[name] = self._fetcher.submit(self.pull, name)
         if not fetch.done():
-            raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub")
+            raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub{self.hub.progress(name)}")
         error = fetch.exception()
-        if error is not None:
-            raise EmbedderUnavailable(f"model {name} could not be fetched: {error}")
+        if error is not None:  # said once; the worker's next try (after its backoff) fetches again
+            del self._fetches[name]
+            raise EmbedderUnavailable(f"model {name} could not be fetched (tried again after a pause): {error}")
         return fetch.result()
 
+    def pending_download(self, name: str) -> PendingDownload | None:
+        """What a hub model not yet here would fetch, and its tokenizer to count a dry run's tokens;
+        None for a model that is here (or not a hub model)."""
+        if name in self.manifests or name in self._embedders or not self.hub_model(name):
+            return None
+        repo, info = self._hub_repo(name)
+        size = self.hub.download_size(repo)  # before the tokenizer is fetched, which it counts
+        tokenizer = self.hub.tokenizer(repo)
+        return PendingDownload(repo, size, info.max_tokens, TokenCounter(tokenizer) if tokenizer is not None else None)
+
     def pull(self, name: str) -> ModelManifest:
-        """Fetch a hub model's files and describe them in a manifest in the models dir (where the
-        next start finds it). HubModelRefused if it cannot run here, EmbedderUnavailable while the
-        hub cannot be reached. Its architecture is checked from the configuration files before any
-        weights are fetched."""
-        log.info("event=hub_model_fetching model=%s", name)
-        self.hub.describe(name)
-        folder = self.hub.fetch(name)
-        manifest = write_manifest(folder, name, self.models_dir, slug=name.replace("/", "--"))
-        log.info("event=hub_model_fetched model=%s path=%s", name, folder)
-        return manifest
+        """Fetch a hub model's files and describe them in manifests in the models dir (where the
+        next start finds them): the model and its int8 variant. Its architecture is checked from
+        the configuration files before any weights are fetched."""
+        repo, _ = self._hub_repo(name)
+        log.info("event=hub_model_fetching model=%s", repo)
+        folder = self.hub.fetch(repo)
+        write_manifest(folder, repo, self.models_dir, slug=repo.replace("/", "--"))
+        log.info("event=hub_model_fetched model=%s path=%s", repo, folder)
+        return load_manifests(self.models_dir)[name]
 
     def remote_protocol(self, name: str) -> providers.Protocol | None:
         """The provider that runs ``name`` (``<prefix>/<model>``), or None when none is configured."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .architectures import SUPPORTED
 from .checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
@@ -27,20 +29,90 @@ class HubModelRefused(ValueError):
     architecture the exporter does not build. The message says which."""
 
 
+@dataclass
+class Progress:
+    """How far a model's download is: bytes written so far of the bytes it needs."""
+
+    done: int = 0
+    total: int | None = None
+
+    def describe(self) -> str:
+        if not self.total:
+            return ""
+        return f" ({min(100, 100 * self.done // self.total)}% of {human_size(self.total)})"
+
+
+def human_size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _recording_bar(progress: Progress) -> type:
+    """huggingface_hub's own progress bar (shown on a terminal, as ``vectorize models pull`` does),
+    which also counts the bytes written into ``progress`` for the job's waiting reason."""
+    from huggingface_hub.utils import tqdm
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # snapshot_download's bar of bytes written; its others count files or bytes received.
+            self._records = kwargs.get("name") == "huggingface_hub.snapshot_download"
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._records:
+                progress.done += int(n or 0)
+            return super().update(n)
+
+    return RecordingBar
+
+
 class Hub:
-    def __init__(self, cache_dir: Path | None = None, offline: bool | None = None) -> None:
-        """``cache_dir``/``offline``: None leaves them to huggingface_hub (HF_HOME, HF_HUB_OFFLINE)."""
+    def __init__(self, cache_dir: Path | None = None, offline: bool | None = None, endpoint: str | None = None) -> None:
+        """``cache_dir``/``offline``/``endpoint``: None leaves them to huggingface_hub (HF_HOME,
+        HF_HUB_OFFLINE, HF_ENDPOINT)."""
         self.cache_dir = cache_dir
         self.offline = offline
+        self.endpoint = endpoint
+        self._progress: dict[str, Progress] = {}
 
-    def _snapshot(self, name: str, patterns: list[str]) -> Path:
+    def progress(self, name: str) -> str:
+        """`` (42% of 90.9 MB)`` while ``name`` downloads, else ""."""
+        current = self._progress.get(name)
+        return current.describe() if current else ""
+
+    def download_size(self, name: str) -> int | None:
+        """Bytes a model still needs from the hub (0: all in the cache); None when the hub cannot
+        be asked (offline, unreachable)."""
+        from huggingface_hub import snapshot_download
+
+        try:
+            dense = weight_files(self.describe(name))
+            patterns = CONFIG_FILES + RUN_FILES + dense
+            planned = snapshot_download(
+                name, allow_patterns=patterns, cache_dir=self.cache_dir, endpoint=self.endpoint, dry_run=True
+            )
+        except Exception:  # offline, unreachable, refused: the size is unknown, which the caller says
+            return None
+        return sum(item.file_size or 0 for item in planned if item.will_download)
+
+    def tokenizer(self, name: str) -> Path | None:
+        """The model's tokenizer.json (a small file, fetched alone), to count a dry run's tokens
+        before the weights are here; None if it has none."""
+        path = self._snapshot(name, ["tokenizer.json"]) / "tokenizer.json"
+        return path if path.exists() else None
+
+    def _snapshot(self, name: str, patterns: list[str], progress: Progress | None = None) -> Path:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
         try:
             # None leaves each to huggingface_hub's settings (HF_HOME; HF_HUB_OFFLINE applies anyway).
             folder = snapshot_download(
-                name, allow_patterns=patterns, cache_dir=self.cache_dir, local_files_only=bool(self.offline)
+                name,
+                allow_patterns=patterns,
+                cache_dir=self.cache_dir,
+                local_files_only=bool(self.offline),
+                endpoint=self.endpoint,
+                tqdm_class=_recording_bar(progress) if progress else None,
             )
             return Path(folder)
         except GatedRepoError:
@@ -50,7 +122,7 @@ class Hub:
         except (RepositoryNotFoundError, RevisionNotFoundError):
             raise HubModelRefused(f"model {name} is not on the Hugging Face hub (or it is private: set HF_TOKEN)") from None
         except LocalEntryNotFoundError:
-            if self.offline or constants.HF_HUB_OFFLINE:  # nothing will ever arrive: refused, not waited for
+            if self.offline or constants.is_offline_mode():  # nothing will ever arrive: refused, not waited for
                 raise HubModelRefused(
                     f"model {name} is not in the local Hugging Face cache, and downloads are off (HF_HUB_OFFLINE)"
                 ) from None
@@ -75,9 +147,14 @@ class Hub:
             raise HubModelRefused(f"model {name} ({kind}) cannot run here: {exc}{supported}") from None
 
     def fetch(self, name: str) -> Path:
-        """Every file the model runs from, in the hub cache; the folder they are in."""
+        """Every file the model runs from, in the hub cache; the folder they are in. While it runs,
+        ``progress(name)`` says how far it is."""
         dense = weight_files(self.describe(name))
-        folder = self._snapshot(name, CONFIG_FILES + RUN_FILES + dense)
+        progress = self._progress[name] = Progress(total=None if self.offline else self.download_size(name))
+        try:
+            folder = self._snapshot(name, CONFIG_FILES + RUN_FILES + dense, progress)
+        finally:
+            del self._progress[name]
         missing = [f for f in ("model.safetensors", "tokenizer.json", *dense) if not (folder / f).exists()]
         if missing:
             raise HubModelRefused(f"model {name} has no {' or '.join(missing)} on the hub (safetensors weights are required)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import read_checkpoint_info, weight_files
+from .checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
 from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
 from .export import GRAPH_VERSION, export_checkpoint
 from .smoothing import OUTLIER_SUFFIX
@@ -282,13 +282,39 @@ def _quantize(fp32_path: Path, tmp: Path, exclude: list[str], weights: str) -> N
     )
 
 
+#: The name of a model's int8 variant: the same weights, quantised and gated on this machine.
+INT8_SUFFIX = "-int8"
+
+
+def int8_recipe(info: CheckpointInfo) -> dict[str, object]:
+    """What a model's int8 manifest lets tuning try, for a model nobody has measured yet. The
+    default keeps every second feed-forward GEMM in fp32 (their GELU input has the outlier
+    channels that cost all-MiniLM-L6-v2 most); tuning also tries every GEMM in int8 and the
+    smoothed graphs with outlier channels in fp32 that won on MiniLM, each through the quality
+    gate (tuning.py), and falls back to fp32 when none passes. A graph with a position bias
+    (MPNet) keeps its Attention in fp32: onnxruntime's QAttention has no input for the bias."""
+    attention = [f"l{i}_attention" for i in range(info.num_layers)] if info.model_type == "mpnet" else []
+    second = [f"l{i}_ff2_matmul" for i in range(info.num_layers)]
+    return {
+        "precision": "int8",
+        "keep_fp32": second + attention,
+        "tune_keep_fp32": [second + attention, attention],
+        "tune_smoothing": [
+            {"alpha": 0.7, "outlier_channels": 2, "keep_fp32": attention, "weights": weights} for weights in ("s8", "s7", "u8")
+        ],
+    }
+
+
 def write_manifest(model_dir: Path, name: str, models_dir: Path, slug: str | None = None) -> ModelManifest:
     """Describe a local sentence-transformers directory as a manifest in ``models_dir``,
-    pinning its files by checksum so a later change to them is noticed. ``slug``: its file name."""
+    pinning its files by checksum so a later change to them is noticed, and its int8 variant
+    beside it (``<name>-int8``). ``slug``: its file name."""
     info = read_checkpoint_info(model_dir)
     model_dir = model_dir.resolve()
-    manifest = {
+    slug = slug or name.rsplit("/", 1)[-1]
+    manifest: dict[str, object] = {
         "name": name,
+        "slug": slug,
         "source": {"path": str(model_dir)},
         "dimension": info.dimension,
         "max_tokens": info.max_tokens,
@@ -296,12 +322,12 @@ def write_manifest(model_dir: Path, name: str, models_dir: Path, slug: str | Non
         "normalize": info.normalize,
         "checksums": {f: _sha256(model_dir / f) for f in ("model.safetensors", "tokenizer.json", *weight_files(info))},
     }
-    if slug:
-        manifest["slug"] = slug
     if info.prompts:
         manifest["prompts"] = info.prompts
     models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / f"{slug or name.rsplit('/', 1)[-1]}.json"
+    int8 = {**manifest, "name": name + INT8_SUFFIX, "slug": slug + INT8_SUFFIX, **int8_recipe(info)}
+    (models_dir / f"{slug}{INT8_SUFFIX}.json").write_text(json.dumps(int8, indent=2) + "\n")
+    path = models_dir / f"{slug}.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return ModelManifest.from_file(path)
 

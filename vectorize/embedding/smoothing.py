@@ -39,6 +39,7 @@ elementwise passes over 1536 channels fewer)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,8 @@ from .encoder import load_tokenizer
 if TYPE_CHECKING:
     import onnx
 
+#: Names of the encoder layers' nodes (export.py names them so).
+ENCODER_NODE = re.compile(r"^l\d+_")
 #: Calibration texts per call (padded to the longest of them).
 CALIBRATION_BATCH = 16
 #: Bounds of a channel's smoothing factor: a dead channel must not divide by ~0.
@@ -62,13 +65,15 @@ SILENCING_BIAS = -1e4
 
 
 def _smoothable(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """GEMMs with constant weights whose input is not an attention output."""
+    """The encoder layers' GEMMs (names ``l<layer>_…``; not a Dense layer after pooling, whose
+    input has no token axis) with constant weights, whose input is not an attention output."""
     weights = {init.name for init in graph.initializer}
     producers = {out: node.op_type for node in graph.node for out in node.output}
     return [
         node
         for node in graph.node
         if node.op_type in ("MatMul", "Attention")
+        and ENCODER_NODE.match(node.name)
         and len(node.input) > 1
         and node.input[1] in weights
         and producers.get(node.input[0]) != "Attention"

@@ -310,6 +310,11 @@ def int8_variants(manifest: ModelManifest) -> list[Int8Variant]:
     return variants + list(manifest.tune_smoothing)
 
 
+#: What a model's int8 name runs when no int8 graph passes the gate: nothing quantised (every
+#: node name starts with "").
+FP32_FALLBACK = Int8Variant(keep_fp32=("",))
+
+
 def _graph_name(variant: Int8Variant) -> str:
     recipe = "\n".join(variant.keep_fp32)
     if variant.smooth_alpha is not None:
@@ -483,7 +488,6 @@ class Tuner:
                 "top10_overlap": round(overlap, 3),
                 "passes_gate": float(passed),
             }
-        fp32_path.unlink()
         for source in smoothed.values():
             source.unlink()
         speeds = self._fastest_of_rounds(
@@ -493,11 +497,17 @@ class Tuner:
             figures[f"int8{variant.describe()}"] = {"texts_per_s": round(speed, 1), **quality[variant]}
         passing = [variant for variant in graphs if quality[variant]["passes_gate"]]
         best = max(passing, key=speeds.__getitem__, default=None)
-        chosen = None if best is None else graphs[best][1]
+        if best is None:  # no int8 graph is good enough on this CPU: the model runs in fp32
+            log.warning("event=int8_gate_failed model=%s fallback=fp32", manifest.name)
+            best = FP32_FALLBACK
+            graphs[best] = graphs[next(iter(graphs))][0], fp32_path.rename(model_folder / _graph_name(best))
+        else:
+            fp32_path.unlink()
+        chosen = graphs[best][1]
         for path in built:
             if path != chosen:
                 path.unlink(missing_ok=True)
-        if best is None or chosen is None or chosen == onnx_path:
+        if chosen == onnx_path:
             return layout, None  # the manifest's own export
         settings = replace(
             layout,
