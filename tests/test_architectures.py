@@ -140,3 +140,22 @@ def test_a_model_whose_int8_graphs_all_fail_the_gate_runs_in_fp32(tmp_path: Path
     reference = json.loads((TINY / "bert-mean-prompts" / "reference.json").read_text())
     cosines = _cosines(encoder.embed(reference["texts"]), np.array(reference["document"], dtype=np.float32))
     assert cosines.min() >= 0.9999
+
+
+def test_models_add_makes_a_directory_a_model_and_its_int8_variant(tmp_path: Path) -> None:
+    """`vectorize models add NAME --from DIR`: the model and NAME-int8 listed, the graph exported."""
+    import subprocess
+    import sys
+
+    env = {"VECTORIZE_MODELS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vectorize", "models", *args], env=env, capture_output=True, text=True)
+
+    added = run("add", "local/tiny-mpnet", "--from", str(TINY / "mpnet-mean"))
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "tiny-mpnet" / "model.onnx").exists()
+    listed = run("list").stdout
+    assert "local/tiny-mpnet " in listed and "local/tiny-mpnet-int8" in listed
+    refused = run("add", "local/x", "--from", str(tmp_path / "absent"))
+    assert refused.returncode == 1 and "is not a usable sentence-transformers directory" in refused.stderr

@@ -373,9 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="source",
         metavar="DIR",
-        help="a local BERT-family sentence-transformers directory (safetensors, tokenizer.json, pooling config)",
+        help="a local sentence-transformers directory (safetensors, tokenizer.json, its modules' configs)",
     )
     p.set_defaults(func=cmd_models_export)
+    p = models.add_parser(
+        "add", help="add a local sentence-transformers directory as a model (and its int8 variant, NAME-int8), exported"
+    )
+    p.add_argument("names", nargs=1, metavar="NAME", help="the model string jobs will name, e.g. local/bge-small-en-v1.5")
+    p.add_argument("--from", dest="source", metavar="DIR", required=True, help="the sentence-transformers directory")
+    p.set_defaults(func=cmd_models_export, force=False)
     p = models.add_parser(
         "tune", help="time the engine's candidate settings on this CPU and keep the fastest (done once at first start)"
     )
