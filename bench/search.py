@@ -199,7 +199,7 @@ async def timed_rebuild(url: str, catalog: ModelCatalog, expected: int | None = 
         assert expected is None or rebuilt == expected, rebuilt
         return time.perf_counter() - started
     finally:
-        await worker.manager.close()
+        await worker.store.close()
         await worker.pool.close()
 
 

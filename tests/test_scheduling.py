@@ -243,7 +243,7 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
     create_job(conn)
     handle = start_worker(poll_interval=3600.0)
     await wait_until(lambda: embedding_count(conn) == 40 and queue_depth(conn) == 0, timeout=30)
-    notifications = handle.worker.manager.notifications
+    notifications = handle.worker.store.notifications
     calls = 0
 
     async def broken_once():
@@ -254,7 +254,7 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
         async for item in notifications():
             yield item
 
-    handle.worker.manager.notifications = broken_once  # type: ignore[method-assign]
+    handle.worker.store.notifications = broken_once  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="vectorize.worker"):
         # Kill the current listener connection; the supervisor restarts it, the first restart dies of a bug.
         conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'listen%%'")

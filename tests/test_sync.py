@@ -233,7 +233,7 @@ async def test_claimed_items_survive_a_rolled_back_batch(conn, products, catalog
 
 
 async def _job(worker):
-    (job,) = await worker.manager.jobs_with_work()
+    (job,) = await worker.store.jobs_with_work()
     return job
 
 

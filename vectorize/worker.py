@@ -4,7 +4,7 @@ The story of a batch: claim a job's oldest items of one lane (row locks taken wi
 SKIP LOCKED), read the rows' current text, embed what changed, COPY the vectors
 back, delete the items, commit -- all in one transaction, so a crash at any instant
 commits all of it or none of it. Who goes next is scheduler.py's; whose fault a
-failure is, retry.py's; every statement, manager.py's.
+failure is, retry.py's; every statement, the store's (store.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import psycopg_pool
@@ -27,13 +27,14 @@ import psycopg_pool
 from . import metrics
 from .config import Settings
 from .db import Pool, make_pool
-from .embedding.catalog import Embedder, ModelCatalog
+from .embedding.catalog import Embedder
 from .embedding.chunking import split_texts
 from .embedding.encoder import BATCHES_IN_FLIGHT
 from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
-from .manager import SCAN_BUSY, SCAN_NONE, BatchTransaction, ChunkLine, Claimed, Generation, JobManager, JobWork, SourceRow
 from .retry import SOURCE_BROKEN, Blame, RetryPolicy
 from .scheduler import Lane, Rotation
+from .store import SCAN_BUSY, SCAN_NONE, BatchStore, ChunkLine, Claimed, Generation, JobWork, SourceRow, WorkerStore
+from .store_postgres import PostgresWorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +100,35 @@ class BatchResult:
     vectors: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
+class CatalogLike(Protocol):
+    """Where the worker finds each model's embedder (embedding.catalog.ModelCatalog)."""
+
+    def get(self, model: str) -> Embedder: ...
+
+
 def content_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 class Worker:
-    def __init__(self, settings: Settings, catalog: ModelCatalog, pool: Pool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, catalog: CatalogLike, pool: Pool | None = None, store: WorkerStore | None = None
+    ) -> None:
+        """``store``: where the work is (default: the database at ``settings.database_url``, over
+        ``pool`` or a pool of the worker's own)."""
         self.settings = settings
         self.catalog = catalog
         self.policy = RetryPolicy.from_settings(settings)
-        self._own_pool = pool is None
-        # Two lanes with PIPELINE_DEPTH batches each, a scan step, housekeeping.
-        self.pool = pool or make_pool(settings.database_url or "", min_size=1, max_size=2 * PIPELINE_DEPTH + 2, name="worker")
-        self.manager = JobManager(self.pool, settings.database_url or "")
+        self._own_pool = pool is None and store is None
+        self.pool: Pool | None = pool
+        if store is None:
+            if pool is None:
+                # Two lanes with PIPELINE_DEPTH batches each, a scan step, housekeeping.
+                pool = self.pool = make_pool(
+                    settings.database_url or "", min_size=1, max_size=2 * PIPELINE_DEPTH + 2, name="worker"
+                )
+            store = PostgresWorkerStore(pool, settings.database_url or "")
+        self.store: WorkerStore = store
         self._wakes = {lane: asyncio.Event() for lane in Lane}
         #: Jobs whose embedder was down: after a pause, one batch (in either lane) probes it
         #: before others follow, so a dead server sees one request per pause, not one per slot.
@@ -126,7 +143,7 @@ class Worker:
     # ---- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batches in flight are finished first."""
-        if self._own_pool:
+        if self._own_pool and self.pool is not None:
             await self.pool.open()
         side_tasks = [
             asyncio.create_task(self._supervise("listener", partial(self._listen, stop), stop)),
@@ -142,8 +159,8 @@ class Worker:
             for task in side_tasks:
                 task.cancel()
             await asyncio.gather(*side_tasks, *lanes, return_exceptions=True)
-            await self.manager.close()
-            if self._own_pool:
+            await self.store.close()
+            if self._own_pool and self.pool is not None:
                 await self.pool.close()
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[object]], stop: asyncio.Event) -> None:
@@ -168,7 +185,7 @@ class Worker:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """Turn NOTIFYs into wake-ups; after every (re)connect, wake once to catch up on lost ones."""
-        async for _ in self.manager.notifications():
+        async for _ in self.store.notifications():
             self._wake_all()
             if stop.is_set():
                 return
@@ -177,22 +194,22 @@ class Worker:
         """A reconciliation pass for every job at start-up and every ``reconcile_interval``; every
         poll interval, fail the jobs whose source table was dropped (that takes their triggers, so
         nothing would say), switch finished builds, fold row counts and drop expired generations."""
-        await self.manager.restart_scans()
+        await self.store.restart_scans()
         self._wake_all()
         reconciled = time.monotonic()
         while not stop.is_set():
             if self.settings.reconcile_interval and time.monotonic() - reconciled >= self.settings.reconcile_interval:
-                await self.manager.restart_scans()
+                await self.store.restart_scans()
                 reconciled = time.monotonic()
                 self._wake_all()
-            for name in await self.manager.fail_orphaned_jobs():
+            for name in await self.store.fail_orphaned_jobs():
                 log.error("event=job_failed job=%s reason=source_table_dropped", name)
-            for name in await self.manager.sync_partitions():
+            for name in await self.store.sync_partitions():
                 log.info("event=partitions_changed job=%s action=capture_updated_and_reconciling", name)
                 self._wake_all()
             await self._complete_builds()
-            await self.manager.compact_tallies()
-            for name, generation in await self.manager.drop_expired_generations():
+            await self.store.compact_tallies()
+            for name, generation in await self.store.drop_expired_generations():
                 log.info("event=generation_dropped job=%s generation=%d reason=grace_period_over", name, generation)
             await _wait_any(stop, None, self.settings.poll_interval)
 
@@ -206,7 +223,7 @@ class Worker:
 
     async def rebuild_indexes(self) -> int:
         started = time.perf_counter()
-        rebuilt = await self.manager.rebuild_hnsw_indexes()
+        rebuilt = await self.store.rebuild_hnsw_indexes()
         for name, generation, m, ef_construction in rebuilt:
             log.info(
                 "event=hnsw_index_rebuilt job=%s generation=%d m=%d ef_construction=%d seconds=%.1f",
@@ -220,7 +237,7 @@ class Worker:
 
     async def _complete_builds(self) -> None:
         """Switch the jobs whose redefinition has built its whole generation."""
-        for name, generation in await self.manager.complete_builds(self.settings.generation_keep_seconds):
+        for name, generation in await self.store.complete_builds(self.settings.generation_keep_seconds):
             metrics.GENERATION_SWITCHES.labels(name).inc()
             log.info("event=generation_switched job=%s serving=%d", name, generation)
 
@@ -228,7 +245,7 @@ class Worker:
     async def drain(self, stop: asyncio.Event | None = None) -> int:
         """Process every job until no job has work left in either lane (a redefinition whose
         generation is then complete switches); returns the rows handled."""
-        await self.manager.fail_orphaned_jobs()
+        await self.store.fail_orphaned_jobs()
         total = 0
         while True:
             handled = sum(await asyncio.gather(*(self._lane(lane, stop, until_idle=True) for lane in Lane)))
@@ -255,7 +272,7 @@ class Worker:
                 if wake.is_set():
                     wake.clear()
                     sitting_out.clear()
-                jobs = await self.manager.jobs_with_work()
+                jobs = await self.store.jobs_with_work()
                 ready = [
                     j
                     for j in jobs
@@ -311,9 +328,7 @@ class Worker:
             if handled or not job.scan_active or job.paused_for:
                 return handled
             # A page fills the batches in flight exactly: a remainder would make a small batch.
-            seen = await self.manager.scan_step(
-                job.id, self._claim_limit(job, self.settings.backfill_batch_size) * PIPELINE_DEPTH
-            )
+            seen = await self.store.scan_step(job.id, self._claim_limit(job, self.settings.backfill_batch_size) * PIPELINE_DEPTH)
             if seen == SCAN_NONE:
                 job.scan_active = False
             return max(seen, 0) if seen != SCAN_BUSY else 0
@@ -321,7 +336,7 @@ class Worker:
             if isinstance(exc, psycopg.errors.UndefinedColumn):
                 # A column the job embeds is gone (the capture trigger fails the job on the next write, too).
                 message = f"the job's source is no longer usable: {_first_line(exc)}"
-                await self.manager.fail_job(job.id, message)
+                await self.store.fail_job(job.id, message)
                 log.error("event=job_failed job=%s reason=%r", job.job_name, message)
                 return 0
             # A permission revoked, or the table out of reach for a moment (a swap, a restore): the
@@ -344,7 +359,7 @@ class Worker:
         result = await self._run_batch(job, lane, limit, only_ids, known or {})
         if result.failure is None:
             if job.pause_count and result.claimed:  # the probe went through: the embedder is back
-                await self.manager.resume_job(job.id)
+                await self.store.resume_job(job.id)
                 log.info("event=embedder_recovered job=%s model=%s", job.job_name, job.model)
                 job.pause_count = 0
             return len(result.claimed)
@@ -378,7 +393,7 @@ class Worker:
         """One transaction: claim, read, chunk, embed, write, finish. ``limit`` counts chunks to embed:
         rows past it stay queued for the next batch, so long documents make batches of the same work."""
         result = BatchResult()
-        async with self.manager.batch() as tx:
+        async with self.store.batch() as tx:
             if only_ids is not None:
                 result.claimed = await tx.claim_ids(only_ids)
             else:
@@ -430,7 +445,7 @@ class Worker:
 
     async def _embed(
         self,
-        tx: BatchTransaction,
+        tx: BatchStore,
         job: JobWork,
         lane: Lane,
         claimed: list[Claimed],
@@ -559,7 +574,7 @@ class Worker:
         waits, with exponential backoff; no row pays, nothing is dropped."""
         retry_after = exc.retry_after if isinstance(exc, EmbedderUnavailable) else None
         seconds = self.policy.embedder_pause(job.pause_count, retry_after)
-        await self.manager.pause_job(job.id, seconds, reason or f"embedder for model {job.model} unavailable: {_first_line(exc)}")
+        await self.store.pause_job(job.id, seconds, reason or f"embedder for model {job.model} unavailable: {_first_line(exc)}")
         job.pause_count += 1
         job.paused_for = seconds
         if reason is None:
@@ -578,14 +593,14 @@ class Worker:
             " when it changes"
         )
         metrics.ROW_FAILURES.labels(job.job_name).inc()
-        await self.manager.charge_failed_try(job.id, item, error, lambda _attempts: None)
+        await self.store.charge_failed_try(job.id, item, error, lambda _attempts: None)
         log.warning("event=row_parked job=%s reason=too_large characters=%d", job.job_name, length)
 
     async def _charge(self, job: JobWork, item: Claimed, exc: Exception) -> None:
         """Count a failed try of one row; park it in vectorize.failure once it has used them all."""
         error = f"{type(exc).__name__}: {exc}"[:1000]
         metrics.ROW_FAILURES.labels(job.job_name).inc()
-        attempts, parked = await self.manager.charge_failed_try(job.id, item, error, self.policy.row_retry_delay)
+        attempts, parked = await self.store.charge_failed_try(job.id, item, error, self.policy.row_retry_delay)
         log.warning(
             "event=row_failed job=%s attempts=%d parked=%s error_type=%s", job.job_name, attempts, parked, type(exc).__name__
         )

@@ -26,6 +26,7 @@ from .registry import (
     INT8_SUFFIX,
     ModelManifest,
     ModelUnavailable,
+    ensure_exported,
     load_encoder,
     load_manifests,
     source_dir,
@@ -116,6 +117,8 @@ class ModelCatalog:
         #: Hub models being fetched (or whose fetch failed): one download per model at a time.
         self._fetches: dict[str, Future[ModelManifest]] = {}
         self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-fetch")
+        #: Hub models whose files are here and whose graph is being written.
+        self._exporting: set[str] = set()
         self._lock = threading.Lock()
 
     def hub_model(self, name: str) -> bool:
@@ -148,7 +151,10 @@ class ModelCatalog:
         if fetch is None:
             fetch = self._fetches[name] = self._fetcher.submit(self.pull, name)
         if not fetch.done():
-            raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub{self.hub.progress(name)}")
+            if name in self._exporting:
+                raise EmbedderUnavailable(f"model {name} is being exported to ONNX")
+            progress = self.hub.progress(name) or self.hub.progress(name.removesuffix(INT8_SUFFIX))
+            raise EmbedderUnavailable(f"model {name} is being fetched from the Hugging Face hub{progress}")
         error = fetch.exception()
         if error is not None:  # said once; the worker's next try (after its backoff) fetches again
             del self._fetches[name]
@@ -174,7 +180,13 @@ class ModelCatalog:
         folder = self.hub.fetch(repo)
         write_manifest(folder, repo, self.models_dir, slug=repo.replace("/", "--"))
         log.info("event=hub_model_fetched model=%s path=%s", repo, folder)
-        return load_manifests(self.models_dir)[name]
+        manifest = load_manifests(self.models_dir)[name]
+        self._exporting.add(name)  # the fp32 graph now, in this background fetch, not in the job's first batch
+        try:
+            ensure_exported(load_manifests(self.models_dir)[repo], self.models_dir)
+        finally:
+            self._exporting.discard(name)
+        return manifest
 
     def remote_protocol(self, name: str) -> providers.Protocol | None:
         """The provider that runs ``name`` (``<prefix>/<model>``), or None when none is configured."""

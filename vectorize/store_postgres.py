@@ -1,102 +1,23 @@
-"""The worker's only face onto the database: one method per intention, each a named
-query of sql/queries.sql. The worker's loop reads as the story of a batch; the SQL
+"""The worker's store on PostgreSQL (store.py says what a store is): one method per intention,
+each a named query of sql/queries.sql. The worker's loop reads as the story of a batch; the SQL
 lives behind these names (procrastinate's JobManager shape)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-import numpy as np
 import psycopg
 from psycopg import sql
 
 from .db import Connection, Pool, connect_async
 from .queries import query
 from .scheduler import Lane
+from .store import SCAN_NONE, ChunkLine, Claimed, Generation, JobWork, SourceRow
 
 
-@dataclass
-class JobWork:
-    """An active job and what its lanes could do at the time of asking."""
-
-    id: Any
-    job_name: str
-    model: str
-    scan_active: bool
-    pause_count: int
-    #: Seconds until the job's embedder pause ends; 0 when it is not paused.
-    paused_for: float
-    #: A redefinition is building a new generation (it switches when its backfill is done).
-    building: bool
-    live_ready: bool
-    backfill_ready: bool
-
-    def has_work(self, lane: Lane) -> bool:
-        if lane is Lane.LIVE:
-            return self.live_ready
-        return self.backfill_ready or self.scan_active
-
-
-@dataclass
-class Generation:
-    """One generation of a job that a batch writes: the serving one, or the one built beside it
-    (a redefinition in progress) or kept for rollback. Each embeds the rows its own way."""
-
-    generation: int
-    model: str
-    chunking: bool
-    chunk_tokens: int | None
-    chunk_overlap: int
-    serving: bool
-
-
-@dataclass
-class Claimed:
-    """The claimed queue items of one source row."""
-
-    pk: str
-    version: int
-    ids: list[int]
-
-
-@dataclass
-class SourceRow:
-    pk: str
-    content: str
-    source_updated_at: datetime | None
-    #: Content hashes of the row's stored chunks, in chunk order (None: nothing stored).
-    stored_hashes: list[bytes] | None
-    #: Its stored full-text terms are of another language (a copy to check): write its text again.
-    fts_stale: bool = False
-
-
-@dataclass
-class ChunkLine:
-    """What a batch writes for one chunk of a source row. ``vector`` is None when the chunk's
-    text is unchanged; ``row_text`` (chunk 0 only, when the row changed) renews its full-text vector."""
-
-    pk: str
-    chunk: int
-    vector: np.ndarray | None
-    row_text: str | None
-    content_hash: bytes
-    start: int
-    end: int
-    chunks: int
-    source_updated_at: datetime | None
-    version: int
-
-
-#: Values of vectorize.scan_step besides the rows a page looked at.
-SCAN_NONE = -1  # the job has no scan to run
-SCAN_BUSY = -2  # another worker is advancing it right now
-
-
-class BatchTransaction:
+class PostgresBatch:
     """One batch's transaction: claim, read, write, finish; committed together or not at all."""
 
     def __init__(self, conn: Connection) -> None:
@@ -149,17 +70,17 @@ class BatchTransaction:
         return [(row["lane"], row["lag_seconds"]) for row in await cur.fetchall()]
 
 
-class JobManager:
+class PostgresWorkerStore:
     def __init__(self, pool: Pool, database_url: str) -> None:
         self.pool = pool
         self.database_url = database_url
         self._index_conn: psycopg.AsyncConnection | None = None
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[BatchTransaction]:
+    async def batch(self) -> AsyncIterator[PostgresBatch]:
         """A transaction for one batch; ``raise psycopg.Rollback`` inside rolls it back quietly."""
         async with self.pool.connection() as conn, conn.transaction():
-            yield BatchTransaction(conn)
+            yield PostgresBatch(conn)
 
     async def _execute(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
