@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check vectorize tests bench
 	$(BIN)/ruff format --check vectorize tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # sentence-transformers and PyTorch live only in .venv-bench, for the comparison.
 BENCH_STAMP := .venv-bench/.installed-stamp

@@ -1,5 +1,5 @@
-"""Wheels carry the SQL files and model manifests inside the package (vectorize/paths.py
-looks for them there when the package is not run from a source checkout)."""
+"""Wheels carry the model manifests inside the package (vectorize/paths.py looks for them there
+when the package is not run from a source checkout); the SQL is package data already."""
 
 import shutil
 from pathlib import Path
@@ -13,9 +13,7 @@ ROOT = Path(__file__).parent
 class BuildWithData(build_py):
     def run(self) -> None:
         super().run()
-        package = Path(self.build_lib) / "vectorize"
-        shutil.copytree(ROOT / "sql", package / "_sql", dirs_exist_ok=True)
-        models = package / "_models"
+        models = Path(self.build_lib) / "vectorize" / "_models"
         models.mkdir(parents=True, exist_ok=True)
         for manifest in (ROOT / "models").glob("*.json"):
             shutil.copy2(manifest, models / manifest.name)

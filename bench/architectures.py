@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.corpus import load_texts  # noqa: E402
+from vectorize.embedding.build.tuning import cpu_description, cpu_flags  # noqa: E402
 from vectorize.embedding.registry import ensure_exported, load_encoder, load_manifests, source_dir, write_manifest  # noqa: E402
-from vectorize.embedding.tuning import cpu_description, cpu_flags  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
 
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -83,7 +83,7 @@ def main() -> None:
         return
     import numpy as np
 
-    from vectorize.embedding.checkpoint import read_checkpoint_info
+    from vectorize.embedding.build.checkpoint import read_checkpoint_info
 
     minilm = source_dir(load_manifests(MODELS_DIR)["sentence-transformers/all-MiniLM-L6-v2"])
     maker = ROOT / "bench" / "make_architecture_models.py"

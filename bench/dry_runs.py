@@ -8,10 +8,10 @@ from typing import Any
 
 import psycopg
 
-from vectorize.db import make_pool
-from vectorize.dry_run import SPECIAL_TOKENS, plan
+from vectorize.db.database import make_pool
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.paths import MODELS_DIR
+from vectorize.service.dry_run import SPECIAL_TOKENS, plan
 
 
 def plan_work(url: str, definition: dict[str, Any], *, redefine: bool) -> dict[str, Any]:

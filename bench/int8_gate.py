@@ -31,11 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.export import export_checkpoint
-from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, quantize_int8, source_dir
-from vectorize.embedding.smoothing import activation_ranges, smooth_graph
-from vectorize.embedding.tuning import (
+from vectorize.embedding.build.export import export_checkpoint
+from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
+from vectorize.embedding.build.tuning import (
     MEAN_COSINE,
     MEAN_COSINE_MARGIN,
     MIN_COSINE,
@@ -48,6 +46,8 @@ from vectorize.embedding.tuning import (
     short_texts,
     top_k_overlap,
 )
+from vectorize.embedding.encoder import Encoder
+from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, quantize_int8, source_dir
 from vectorize.paths import MODELS_DIR
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"

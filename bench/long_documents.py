@@ -18,9 +18,9 @@ from pgvector.psycopg import register_vector
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import deep_sentence, load_manpages, manpages
-from vectorize.db import migrate, publish_models
+from vectorize.db.database import migrate, publish_models
+from vectorize.db.local_postgres import embedded_postgres
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
 
 JOB = (

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.corpus import load_texts
 from bench.dry_runs import plan_work, print_comparison, stored_work
 from bench.long_documents import long_document_benchmarks, print_rows
-from vectorize.db import migrate, publish_models
+from vectorize.core.chunking import split_texts
+from vectorize.db.database import migrate, publish_models
+from vectorize.db.local_postgres import embedded_postgres
+from vectorize.embedding.build.tuning import cpu_description, cpu_flags, top_k_overlap
 from vectorize.embedding.catalog import ModelCatalog
-from vectorize.embedding.chunking import split_texts
 from vectorize.embedding.registry import load_manifests, source_dir
-from vectorize.embedding.tuning import cpu_description, cpu_flags, top_k_overlap
-from vectorize.local_postgres import embedded_postgres
 from vectorize.paths import MODELS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import embedded_database, scratch_database  # noqa: E402
-from vectorize.api import QUERIES, create_app  # noqa: E402
 from vectorize.config import Settings  # noqa: E402
-from vectorize.db import make_pool  # noqa: E402
+from vectorize.db.database import make_pool  # noqa: E402
+from vectorize.embedding.build.tuning import cpu_description  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
-from vectorize.embedding.tuning import cpu_description  # noqa: E402
+from vectorize.http.app import QUERIES, create_app  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
-from vectorize.query_embedding import CACHE_SIZE, QueryEmbedder  # noqa: E402
-from vectorize.worker import Worker  # noqa: E402
+from vectorize.service.query_embedding import CACHE_SIZE, QueryEmbedder  # noqa: E402
+from vectorize.worker.loop import Worker  # noqa: E402
 
 CORPUS = ROOT / "bench" / "data" / "debian_descriptions.jsonl.gz"
 INT8 = "sentence-transformers/all-MiniLM-L6-v2-int8"

@@ -30,13 +30,13 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from vectorize.api import HTTP_PARSER_LIMITS, create_app
 from vectorize.config import Settings
-from vectorize.db import make_pool, migrate, publish_models
+from vectorize.db.database import make_pool, migrate, publish_models
+from vectorize.db.local_postgres import embedded_postgres
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from vectorize.local_postgres import embedded_postgres
+from vectorize.http.app import HTTP_PARSER_LIMITS, create_app
 from vectorize.paths import MODELS_DIR, SQL_DIR
-from vectorize.worker import Worker
+from vectorize.worker.loop import Worker
 
 from .helpers import MY_JOB, api_client, url_for
 

@@ -16,11 +16,11 @@ import psycopg
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg import sql
 
-from vectorize.api import create_app
+from vectorize.cli.console import DEMO_JOB
 from vectorize.config import Settings
-from vectorize.console import DEMO_JOB
-from vectorize.db import make_pool
+from vectorize.db.database import make_pool
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.http.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: 5000 real Debian package descriptions (the benchmark's corpus), for tables with some bulk.

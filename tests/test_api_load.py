@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from vectorize.db import make_pool
+from vectorize.db.database import make_pool
 
 from .helpers import create_job, embedding_count, queue_depth, wait_until
 

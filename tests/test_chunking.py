@@ -11,11 +11,11 @@ import psycopg
 import pytest
 from tokenizers import Tokenizer
 
+from vectorize.core.chunking import split_texts
 from vectorize.embedding.catalog import DEFAULT_MODEL
-from vectorize.embedding.chunking import split_texts
 from vectorize.embedding.encoder import TokenCounter
 from vectorize.paths import MODELS_DIR
-from vectorize.worker import content_hash
+from vectorize.worker.loop import content_hash
 
 from .helpers import create_job, deep_sentence, embedding_count, load_manpages, manpages, queue_depth, wait_for, wait_until
 

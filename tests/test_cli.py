@@ -138,5 +138,5 @@ def test_migrate_is_idempotent(db_url: str, command: str) -> None:
             r[0] for r in conn.execute("select name from vectorize.migration where name not like 'functions:%' order by name")
         ]
         digests = conn.execute("select count(*) from vectorize.migration where name like 'functions:%'").fetchone()[0]
-    assert names == sorted(p.name for p in (Path(__file__).parent.parent / "sql" / "migrations").glob("[0-9]*.sql"))
+    assert names == sorted(p.name for p in (Path(__file__).parent.parent / "vectorize" / "sql" / "migrations").glob("[0-9]*.sql"))
     assert digests == 1  # the function files last applied

@@ -118,7 +118,7 @@ def test_int8_keeps_quality_and_neighbours_on_real_descriptions(catalog: ModelCa
     for sentence-transformers here (the reference test above pins it at cosine >= 0.9999);
     `make bench` measures against sentence-transformers itself on 5000 texts."""
     from bench.corpus import load_texts
-    from vectorize.embedding.tuning import top_k_overlap
+    from vectorize.embedding.build.tuning import top_k_overlap
 
     texts = load_texts(1000)
     fp32 = catalog.get(MODEL).embed(texts)

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vectorize.db import PgvectorMissing, migrate
+from vectorize.db.database import PgvectorMissing, migrate
 
 from .helpers import MY_JOB, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 

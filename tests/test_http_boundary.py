@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vectorize.access import Tokens, check_exposure
+from vectorize.http.access import Tokens, check_exposure
 
 from .helpers import MY_JOB, api_client
 
@@ -142,7 +142,7 @@ async def test_bad_numbers_in_query_strings_are_400s(api, param: str, value: str
 
 
 def test_the_service_refuses_an_open_non_loopback_api(settings, capsys) -> None:
-    from vectorize.service import run
+    from vectorize.cli.serve import run
 
     open_api = dataclasses.replace(settings, host="0.0.0.0", api_token=None, api_tokens=None)
     assert run(open_api, api=True, worker=False) == 1

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vectorize.embedding.build.tuning import Tuner, TuningStore
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.hub import Hub
 from vectorize.embedding.registry import load_manifests, source_dir
-from vectorize.embedding.tuning import Tuner, TuningStore
 from vectorize.paths import MODELS_DIR
 
 from .fake_hub import FakeHub

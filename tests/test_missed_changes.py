@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from vectorize.db import migrate, publish_models
-from vectorize.worker import content_hash
+from vectorize.db.database import migrate, publish_models
+from vectorize.worker.loop import content_hash
 
 from .helpers import MODEL, create_job, queue_depth, scratch_database, wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from vectorize.openapi import SPEC
+from vectorize.http.openapi import SPEC
 
 schema = schemathesis.openapi.from_dict(SPEC)
 

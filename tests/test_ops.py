@@ -143,8 +143,8 @@ async def test_bearer_token_guards_everything_but_liveness(settings, catalog, db
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from vectorize.api import create_app
-    from vectorize.db import make_pool
+    from vectorize.db.database import make_pool
+    from vectorize.http.app import create_app
 
     pool = make_pool(db_url)
     await pool.open()

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vectorize.db import migrate, publish_models
+from vectorize.db.database import migrate, publish_models
 
 from .helpers import MY_JOB, scratch_database, wait_until
 

@@ -9,11 +9,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from vectorize.db import publish_models
+from vectorize.db.database import publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.remote import OpenAIEmbedder, RemoteEmbeddingError
 from vectorize.paths import MODELS_DIR
-from vectorize.worker import Worker
+from vectorize.worker.loop import Worker
 
 from .fake_openai import DIM, KEY, fake_vector, serve_fake_openai
 from .helpers import create_job, embedding_count, queue_depth, wait_until

@@ -16,11 +16,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from vectorize.db import publish_models
+from vectorize.cli.serve import model_catalog, prepare_database, serve
+from vectorize.db.database import publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.paths import MODELS_DIR
-from vectorize.service import model_catalog, prepare_database, serve
-from vectorize.worker import content_hash
+from vectorize.worker.loop import content_hash
 
 from .fake_openai import KEY, serve_fake_openai
 from .helpers import (
@@ -255,7 +255,7 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
             yield item
 
     handle.worker.store.notifications = broken_once  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR, logger="vectorize.worker"):
+    with caplog.at_level(logging.ERROR, logger="vectorize.worker.loop"):
         # Kill the current listener connection; the supervisor restarts it, the first restart dies of a bug.
         conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'listen%%'")
         await wait_until(lambda: calls >= 2, timeout=15)

@@ -10,9 +10,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from vectorize.jobs import CHUNK_FIELDS, JOB_FIELDS, SEARCH_FIELDS
 from vectorize.metrics import REGISTRY
-from vectorize.query_embedding import QueryEmbedder
+from vectorize.service.jobs import CHUNK_FIELDS, JOB_FIELDS, SEARCH_FIELDS
+from vectorize.service.query_embedding import QueryEmbedder
 
 from .helpers import MODEL, backfilled_job, create_job, embedding_count, queue_depth, wait_until
 

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from vectorize.scheduler import Lane
+from vectorize.core.scheduler import Lane
 
 from .helpers import MODEL, create_job, embedding_count, queue_depth, stored_vector, vector_of, wait_until
 
@@ -206,7 +206,7 @@ async def test_newest_wins_when_an_older_version_arrives_late(conn, products, st
 
 async def test_claimed_items_survive_a_rolled_back_batch(conn, products, catalog, settings) -> None:
     """A batch that dies before commit leaves its queue items for the next worker."""
-    from vectorize.worker import Worker
+    from vectorize.worker.loop import Worker
 
     create_job(conn)
     conn.execute("update vectorize.job set scan_active = false")

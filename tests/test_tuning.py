@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vectorize.cli.serve import model_catalog
 from vectorize.config import Settings
-from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.export import export_checkpoint
-from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, quantize_int8, source_dir
-from vectorize.embedding.smoothing import activation_ranges, smooth_graph
-from vectorize.embedding.tuning import (
+from vectorize.embedding.build.export import export_checkpoint
+from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
+from vectorize.embedding.build.tuning import (
     MEAN_COSINE,
     MIN_COSINE,
     MIN_TOP10_OVERLAP,
@@ -41,8 +39,10 @@ from vectorize.embedding.tuning import (
     load_tuning_texts,
     top_k_overlap,
 )
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.embedding.encoder import Encoder
+from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, quantize_int8, source_dir
 from vectorize.paths import MODELS_DIR
-from vectorize.service import model_catalog
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"
 QUICK = TuningPlan(budgets=(256, 1024), timing_texts=24, rounds=1, quality_texts=80)
@@ -103,7 +103,7 @@ def test_layouts_are_timed_as_the_worker_runs_them_and_a_new_timing_method_tunes
     a choice stored by an older way of timing is measured again."""
     import threading
 
-    from vectorize.embedding import tuning
+    from vectorize.embedding.build import tuning
     from vectorize.embedding.encoder import BATCHES_IN_FLIGHT
 
     running, most = 0, 0

@@ -11,8 +11,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from vectorize import queries
-from vectorize.db import migrate, publish_models
+from vectorize.db import queries
+from vectorize.db.database import migrate, publish_models
 from vectorize.paths import SQL_DIR
 
 from .helpers import MY_JOB, url_for

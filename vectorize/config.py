@@ -11,8 +11,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .embedding.remote import DEFAULT_BASE_URL
-from .paths import MODELS_DIR
+from vectorize.embedding.remote import DEFAULT_BASE_URL
+from vectorize.paths import MODELS_DIR
 
 
 def _default_data_dir() -> Path:

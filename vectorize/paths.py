@@ -1,7 +1,9 @@
-"""Where the project's non-Python files are: the repo's sql/ and models/ folders.
+"""Where the project's non-Python files are: the SQL inside the package, the model manifests in the
+repo's models/ folder.
 
-In a source checkout (and an editable install) they sit beside the package;
-a wheel carries copies inside the package as ``_sql`` and ``_models``.
+The SQL ships inside the package (``vectorize/sql``), in a checkout and in a wheel alike. The
+manifests sit beside the package in a source checkout (and an editable install), where exports
+are written next to them; a wheel carries copies inside the package as ``_models``.
 """
 
 from __future__ import annotations
@@ -18,5 +20,5 @@ def _find(name: str) -> Path:
     return _PACKAGE / f"_{name}"
 
 
-SQL_DIR = _find("sql")
+SQL_DIR = _PACKAGE / "sql"
 MODELS_DIR = _find("models")

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from vectorize.core.scheduler import Lane
+from vectorize.core.store import SCAN_NONE, ChunkLine, Claimed, Generation, JobWork, SourceRow
 from vectorize.embedding.errors import EmbedderUnavailable
-from vectorize.scheduler import Lane
-from vectorize.store import SCAN_NONE, ChunkLine, Claimed, Generation, JobWork, SourceRow
 
 
 @dataclass

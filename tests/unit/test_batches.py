@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from vectorize.embedding.encoder import BULK, URGENT, SessionPool, plan_batches
+from vectorize.core.scheduler import BULK, URGENT
+from vectorize.embedding.encoder import SessionPool, plan_batches
 
 
 def test_batches_respect_the_token_budget() -> None:

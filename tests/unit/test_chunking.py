@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vectorize.embedding.chunking import plan_chunks, word_offsets
+from vectorize.core.chunking import plan_chunks, word_offsets
 
 
 def pieces(text: str, budget: int, overlap: int) -> list[str]:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from vectorize.errors import UserError
-from vectorize.jobs import parse_job_definition
-from vectorize.search import parse_ef_search, parse_limit, parse_ranking, parse_return_columns, parse_wait_for_sync
+from vectorize.core.errors import VectorizeError
+from vectorize.service.jobs import parse_job_definition
+from vectorize.service.search import parse_ef_search, parse_limit, parse_ranking, parse_return_columns, parse_wait_for_sync
 
 
 def test_limit() -> None:
     assert parse_limit(None) == 10 and parse_limit("25") == 25
     for bad in ("0", "1001", "x", True, 2.5j, 2.5, "2.5"):
-        with pytest.raises(UserError, match="limit must be an integer from 1 to 1000"):
+        with pytest.raises(VectorizeError, match="limit must be an integer from 1 to 1000"):
             parse_limit(bad)
 
 
@@ -20,14 +20,14 @@ def test_ranking_options_default_and_validate() -> None:
     params = {"semantic_wt": "2", "other": "kept"}
     assert parse_ranking(params) == {"semantic_wt": 2.0, "fts_wt": 1.0, "rrf_k": 60.0}
     assert params == {"other": "kept"}  # the rest are filters
-    with pytest.raises(UserError, match="fts_wt must be a non-negative number"):
+    with pytest.raises(VectorizeError, match="fts_wt must be a non-negative number"):
         parse_ranking({"fts_wt": "-1"})
 
 
 def test_wait_for_sync() -> None:
     assert parse_wait_for_sync(None) is None and parse_wait_for_sync("2.5") == 2.5 and parse_wait_for_sync(0) == 0
     for bad in ("-1", "61", "soon", True):
-        with pytest.raises(UserError, match="wait_for_sync must be a number of seconds from 0 to 60"):
+        with pytest.raises(VectorizeError, match="wait_for_sync must be a number of seconds from 0 to 60"):
             parse_wait_for_sync(bad)
 
 
@@ -50,21 +50,21 @@ def test_job_definition_shape() -> None:
         "language": "english",
     }
     assert parse_job_definition({**body, "return_columns": None})["return_columns"] is None
-    with pytest.raises(UserError, match="language contains a NUL"):
+    with pytest.raises(VectorizeError, match="language contains a NUL"):
         parse_job_definition({**body, "language": "ger\x00man"})
-    with pytest.raises(UserError, match="hnsw_m must be an integer or null, got str"):
+    with pytest.raises(VectorizeError, match="hnsw_m must be an integer or null, got str"):
         parse_job_definition({**body, "hnsw_m": "16"})
     assert parse_job_definition({**body, "return_columns": ["a", "id"]})["return_columns"] == ["a", "id"]
-    with pytest.raises(UserError, match="return_columns must be an array of strings or null, got str"):
+    with pytest.raises(VectorizeError, match="return_columns must be an array of strings or null, got str"):
         parse_job_definition({**body, "return_columns": "a"})
     assert parse_job_definition({**body, "chunk_tokens": 128})["chunk_tokens"] == 128
-    with pytest.raises(UserError, match="unknown field 'extra'"):
+    with pytest.raises(VectorizeError, match="unknown field 'extra'"):
         parse_job_definition({**body, "extra": 1})
-    with pytest.raises(UserError, match="src_columns must be an array of strings"):
+    with pytest.raises(VectorizeError, match="src_columns must be an array of strings"):
         parse_job_definition({**body, "src_columns": [1]})
-    with pytest.raises(UserError, match="chunk_overlap must be an integer, got bool"):
+    with pytest.raises(VectorizeError, match="chunk_overlap must be an integer, got bool"):
         parse_job_definition({**body, "chunk_overlap": True})
-    with pytest.raises(UserError, match="NUL"):
+    with pytest.raises(VectorizeError, match="NUL"):
         parse_job_definition({**body, "job_name": "a\x00b"})
 
 
@@ -73,9 +73,9 @@ def test_return_columns_and_ef_search() -> None:
     assert parse_return_columns("a, b") == ["a", "b"]
     assert parse_return_columns(["a"]) == ["a"]
     for bad in (",", [], [1], ["a", ""], 5):
-        with pytest.raises(UserError, match="return_columns must name columns"):
+        with pytest.raises(VectorizeError, match="return_columns must name columns"):
             parse_return_columns(bad)
     assert parse_ef_search("100") == 100 and parse_ef_search(1000) == 1000 and parse_ef_search(None) is None
     for bad in ("0", "1001", "x", 1.5, True):
-        with pytest.raises(UserError, match="ef_search must be an integer from 1 to 1000"):
+        with pytest.raises(VectorizeError, match="ef_search must be an integer from 1 to 1000"):
             parse_ef_search(bad)

@@ -7,7 +7,7 @@ import pytest
 
 from vectorize.embedding.errors import EmbedderUnavailable, EmbeddingAborted
 from vectorize.embedding.remote import RemoteEmbeddingError, RemoteUnavailable
-from vectorize.retry import Blame, RetryPolicy
+from vectorize.worker.retry import Blame, RetryPolicy
 
 
 @pytest.mark.parametrize(

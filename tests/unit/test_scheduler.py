@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from vectorize.scheduler import Lane, Rotation
+from vectorize.core.scheduler import Lane, Rotation
 
 
 @dataclass(frozen=True)

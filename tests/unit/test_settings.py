@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from vectorize.cli import build_parser
+from vectorize.cli.main import build_parser
 from vectorize.config import Settings, env_name, environment_help
-from vectorize.search import RANKING_OPTIONS
+from vectorize.service.search import RANKING_OPTIONS
 
-SQL = Path(__file__).parent.parent.parent / "sql"
+SQL = Path(__file__).parent.parent.parent / "vectorize" / "sql"
 
 
 def test_environment_is_read_and_typed() -> None:

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 
 from vectorize.config import Settings
-from vectorize.scheduler import Lane
-from vectorize.worker import Worker, content_hash
+from vectorize.core.scheduler import Lane
+from vectorize.worker.loop import Worker, content_hash
 
 from .memory_store import FakeCatalog, FakeEmbedder, MemoryStore, vector
 

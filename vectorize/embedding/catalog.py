@@ -16,13 +16,14 @@ from typing import Protocol
 
 import numpy as np
 
-from . import providers
-from .checkpoint import CheckpointInfo
-from .encoder import TokenCounter
-from .errors import EmbedderUnavailable
-from .hub import REPO_NAME, Hub, HubModelRefused
-from .providers import Kind
-from .registry import (
+from vectorize.embedding import providers
+from vectorize.embedding.build.checkpoint import CheckpointInfo
+from vectorize.embedding.build.tuning import Tuner, TuningStore
+from vectorize.embedding.encoder import TokenCounter
+from vectorize.embedding.errors import EmbedderUnavailable
+from vectorize.embedding.hub import REPO_NAME, Hub, HubModelRefused
+from vectorize.embedding.providers import Kind
+from vectorize.embedding.registry import (
     INT8_SUFFIX,
     ModelManifest,
     ModelUnavailable,
@@ -32,8 +33,7 @@ from .registry import (
     source_dir,
     write_manifest,
 )
-from .remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
-from .tuning import Tuner, TuningStore
+from vectorize.embedding.remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from .errors import EmbeddingAborted
+from vectorize.core.scheduler import BULK, URGENT
+from vectorize.embedding.errors import EmbeddingAborted
 
 # Padded tokens per inference call. With one single-threaded session per core,
 # ~1024 (about 10 rows of ~100 tokens) measured best on 2 AVX2 cores (bench/):
@@ -40,10 +41,6 @@ BATCHES_IN_FLIGHT = 2
 
 #: A hook that may raise for a text; tests use it to inject poison rows.
 FailureHook = Callable[[str], None]
-
-#: Priorities of ``embed`` calls: lower runs first.
-URGENT = 0
-BULK = 1
 
 
 def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .architectures import SUPPORTED
-from .checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
-from .errors import EmbedderUnavailable
+from vectorize.embedding.build.architectures import SUPPORTED
+from vectorize.embedding.build.checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
+from vectorize.embedding.errors import EmbedderUnavailable
 
 #: What describes a model: small files, fetched before any weights to check it can run here.
 CONFIG_FILES = ["config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "*/config.json"]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
-from .encoder import DEFAULT_TOKEN_BUDGET, Encoder
-from .export import GRAPH_VERSION, export_checkpoint
-from .smoothing import OUTLIER_SUFFIX
+from vectorize.embedding.build.checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
+from vectorize.embedding.build.export import GRAPH_VERSION, export_checkpoint
+from vectorize.embedding.build.smoothing import OUTLIER_SUFFIX
+from vectorize.embedding.encoder import DEFAULT_TOKEN_BUDGET, Encoder
 
 #: How int8 GEMM weights are stored, and why each exists. onnxruntime multiplies uint8
 #: activations by int8 weights; with VNNI (``vpdpbusd``) it sums the products in 32 bits, exactly.

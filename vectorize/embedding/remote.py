@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import providers
-from .encoder import TokenCounter
-from .errors import EmbedderUnavailable, EmbeddingAborted
-from .providers import Kind
+from vectorize.embedding import providers
+from vectorize.embedding.encoder import TokenCounter
+from vectorize.embedding.errors import EmbedderUnavailable, EmbeddingAborted
+from vectorize.embedding.providers import Kind
 
 PREFIX = "openai/"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

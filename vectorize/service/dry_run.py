@@ -11,16 +11,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .db import Pool
-from .embedding.catalog import Embedder, ModelCatalog, PendingDownload
-from .embedding.chunking import split_texts
-from .embedding.encoder import TokenCounter
-from .embedding.errors import EmbedderUnavailable
-from .embedding.hub import human_size
-from .embedding.remote import RemoteEmbedder
-from .errors import UserError, database_errors
-from .jobs import same_definition, with_defaults
-from .queries import query
+from vectorize.core.chunking import split_texts
+from vectorize.core.errors import NotFound, Unavailable
+from vectorize.db.database import Pool
+from vectorize.db.errors import database_errors
+from vectorize.db.queries import query
+from vectorize.embedding.catalog import Embedder, ModelCatalog, PendingDownload
+from vectorize.embedding.encoder import TokenCounter
+from vectorize.embedding.errors import EmbedderUnavailable
+from vectorize.embedding.hub import human_size
+from vectorize.embedding.remote import RemoteEmbedder
+from vectorize.service.jobs import same_definition, with_defaults
 
 #: The definition's fields a row's text and chunks depend on; vectorize._same_text
 #: (sql/functions/02_generations.sql) compares the same ones when a redefinition copies embeddings.
@@ -96,7 +97,7 @@ async def plan(pool: Pool, catalog: ModelCatalog, definition: dict[str, Any], *,
                 await conn.execute(query("dry_run_on"))
                 if redefine:
                     if current is None:
-                        raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
+                        raise NotFound(f"job {job_name!r} does not exist; create it with POST /api/v1/table")
                     await conn.execute(query("redefine_job"), params)
                 else:
                     await conn.execute(query("create_job"), params)
@@ -168,4 +169,4 @@ def _pending_download(catalog: ModelCatalog, model: str) -> PendingDownload | No
     try:
         return catalog.pending_download(model)
     except EmbedderUnavailable as exc:
-        raise UserError(503, f"{exc}; retry shortly") from None
+        raise Unavailable(f"{exc}; retry shortly") from None

@@ -8,7 +8,7 @@ from functools import cache
 
 from psycopg import sql
 
-from .paths import SQL_DIR
+from vectorize.paths import SQL_DIR
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 

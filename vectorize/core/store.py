@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .scheduler import Lane
+from vectorize.core.scheduler import Lane
 
 
 @dataclass

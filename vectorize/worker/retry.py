@@ -13,8 +13,8 @@ from enum import Enum
 
 import psycopg
 
-from .config import Settings
-from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
+from vectorize.config import Settings
+from vectorize.embedding.errors import EmbedderUnavailable, EmbeddingAborted
 
 #: Errors that mean the job's source itself is broken, not one row.
 SOURCE_BROKEN = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InsufficientPrivilege)

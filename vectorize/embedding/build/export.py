@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .architectures import EncoderLayer, EncoderWeights, architecture, strip_prefix
-from .checkpoint import CheckpointInfo, DenseLayer, read_checkpoint_info
-from .safetensors import load_safetensors
+from vectorize.embedding.build.architectures import EncoderLayer, EncoderWeights, architecture, strip_prefix
+from vectorize.embedding.build.checkpoint import CheckpointInfo, DenseLayer, read_checkpoint_info
+from vectorize.embedding.build.safetensors import load_safetensors
 
 OPSET = 17
 #: Bumped whenever the graph this module writes changes, so existing exports are rebuilt.

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import Connection, Pool, connect_async
-from .queries import query
-from .scheduler import Lane
-from .store import SCAN_NONE, ChunkLine, Claimed, Generation, JobWork, SourceRow
+from vectorize.core.scheduler import Lane
+from vectorize.core.store import SCAN_NONE, ChunkLine, Claimed, Generation, JobWork, SourceRow
+from vectorize.db.database import Connection, Pool, connect_async
+from vectorize.db.queries import query
 
 
 class PostgresBatch:

@@ -15,9 +15,9 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool
 
-from .embedding.catalog import ModelInfo
-from .errors import UserError
-from .queries import function_files, migration_files, query
+from vectorize.core.errors import Forbidden
+from vectorize.db.queries import function_files, migration_files, query
+from vectorize.embedding.catalog import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ async def act_as(conn: psycopg.AsyncConnection[Any], role: str | None) -> None:
     try:
         await conn.execute(query("act_as"), {"role": role})
     except (psycopg.errors.InvalidParameterValue, psycopg.errors.InsufficientPrivilege) as exc:
-        raise UserError(
-            403, f"this token's role {role!r} does not exist or vectorize may not act as it (GRANT {role} TO <daemon role>)"
+        raise Forbidden(
+            f"this token's role {role!r} does not exist or vectorize may not act as it (GRANT {role} TO <daemon role>)"
         ) from exc
 
 

@@ -10,11 +10,12 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from . import metrics
-from .db import Pool, act_as
-from .errors import UserError, database_errors, reject_nul
-from .queries import query
-from .query_embedding import QueryEmbedder
+from vectorize import metrics
+from vectorize.core.errors import GenerationGone, Invalid, NotFound, reject_nul
+from vectorize.db.database import Pool, act_as
+from vectorize.db.errors import database_errors
+from vectorize.db.queries import query
+from vectorize.service.query_embedding import QueryEmbedder
 
 MAX_LIMIT = 1000
 #: Longest read-your-writes wait a request may ask for.
@@ -24,8 +25,6 @@ MAX_WAIT_FOR_SYNC = 60.0
 SYNC_POLL_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.2
 
 
-#: The SQLSTATE of a generation switched out and dropped while a search was on its way (01_helpers.sql).
-GENERATION_GONE = "VZ410"
 #: Hybrid-ranking options and their defaults (the one home of these numbers; the SQL
 #: function's defaults and the OpenAPI document are checked against them in the tests).
 RANKING_OPTIONS = {"semantic_wt": 1.0, "fts_wt": 1.0, "rrf_k": 60.0}
@@ -42,9 +41,9 @@ def parse_ranking(params: dict[str, Any]) -> dict[str, float]:
         try:
             value = float(raw)
         except (TypeError, ValueError):
-            raise UserError(400, f"{name} must be a non-negative number, got {raw!r}") from None
+            raise Invalid(f"{name} must be a non-negative number, got {raw!r}") from None
         if isinstance(raw, bool) or not value >= 0 or value == float("inf"):
-            raise UserError(400, f"{name} must be a non-negative number, got {raw!r}")
+            raise Invalid(f"{name} must be a non-negative number, got {raw!r}")
         ranking[name] = value
     return ranking
 
@@ -59,7 +58,7 @@ def _integer_in(raw: object, name: str, low: int, high: int) -> int | None:
     except (TypeError, ValueError):
         value = low - 1
     if isinstance(raw, bool | float) or not low <= value <= high:
-        raise UserError(400, f"{name} must be an integer from {low} to {high}, got {raw!r}")
+        raise Invalid(f"{name} must be an integer from {low} to {high}, got {raw!r}")
     return value
 
 
@@ -77,7 +76,7 @@ def parse_wait_for_sync(raw: object) -> float | None:
     except (TypeError, ValueError):
         seconds = -1.0
     if isinstance(raw, bool) or not 0 <= seconds <= MAX_WAIT_FOR_SYNC:
-        raise UserError(400, f"wait_for_sync must be a number of seconds from 0 to {MAX_WAIT_FOR_SYNC:g}, got {raw!r}")
+        raise Invalid(f"wait_for_sync must be a number of seconds from 0 to {MAX_WAIT_FOR_SYNC:g}, got {raw!r}")
     return seconds
 
 
@@ -109,7 +108,7 @@ def parse_return_columns(raw: object) -> list[str] | None:
         return None
     names = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise UserError(400, "return_columns must name columns: col1,col2 (GET) or an array of column names (POST)")
+        raise Invalid("return_columns must name columns: col1,col2 (GET) or an array of column names (POST)")
     for name in names:
         reject_nul("return_columns", name)
     return [n.strip() for n in names]
@@ -184,8 +183,8 @@ async def search(
             try:
                 with database_errors():
                     return await _search_once(pool, queries, job_name, text, limit, filters, options, role)
-            except UserError as exc:
-                if exc.sqlstate != GENERATION_GONE or attempt == 2:
+            except GenerationGone:
+                if attempt == 2:
                     raise
     raise AssertionError("unreachable")
 
@@ -203,7 +202,7 @@ async def _search_once(
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_model"), {"job_name": job_name})).fetchone()
     if row is None:
-        raise UserError(404, f"job {job_name!r} does not exist")
+        raise NotFound(f"job {job_name!r} does not exist")
     # A search that ranks by text alone needs no vector. The query is embedded holding no
     # connection: a slow remote embedder must not hold the pool. The generation read above is
     # the one ranked, even if a switch commits meanwhile (the replaced one is kept a while).

@@ -10,7 +10,7 @@ from types import ModuleType
 import psycopg
 from psycopg import sql
 
-from .queries import query
+from vectorize.db.queries import query
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,6 @@ def start_local_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str:
         exists = conn.execute(query("database_exists"), {"name": DATABASE}).fetchone()
         if not exists:
             conn.execute(query("create_database").format(sql.Identifier(DATABASE)))
-    url = server.get_uri(DATABASE)
+    url: str = server.get_uri(DATABASE)
     log.info("event=embedded_postgres_ready data_dir=%s", data_dir)
     return url

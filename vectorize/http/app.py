@@ -18,18 +18,19 @@ import psycopg
 import psycopg_pool
 from aiohttp import web
 
-from . import jobs, metrics, search
-from .access import DAEMON, Principal, Tokens, is_loopback, load_tokens
-from .config import Settings
-from .db import Connection, Pool
-from .dry_run import plan
-from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from .embedding.errors import EmbedderUnavailable
-from .errors import UserError
-from .openapi import SPEC
-from .provider_models import ensure_registered
-from .queries import query
-from .query_embedding import QueryEmbedder
+from vectorize import metrics
+from vectorize.config import Settings
+from vectorize.core.errors import Invalid, Kind, VectorizeError
+from vectorize.db.database import Connection, Pool
+from vectorize.db.queries import query
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.embedding.errors import EmbedderUnavailable
+from vectorize.http.access import DAEMON, Principal, Tokens, is_loopback, load_tokens
+from vectorize.http.openapi import SPEC
+from vectorize.service import jobs, search
+from vectorize.service.dry_run import plan
+from vectorize.service.provider_models import ensure_registered
+from vectorize.service.query_embedding import QueryEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,16 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+#: Each kind of error as an HTTP status: the one place that knows.
+HTTP_STATUS = {Kind.INVALID: 400, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409, Kind.FORBIDDEN: 403, Kind.UNAVAILABLE: 503}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except UserError as exc:
-        return _error(exc.status, exc.message)
+    except VectorizeError as exc:
+        return _error(HTTP_STATUS[exc.kind], exc.message)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         return _error(413, f"request body is larger than the limit of {limit} bytes")
@@ -158,7 +163,7 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise UserError(400, f"the request body is not valid JSON: {message}") from None
+        raise Invalid(f"the request body is not valid JSON: {message}") from None
 
 
 def _principal(request: web.Request) -> Principal:
@@ -168,7 +173,7 @@ def _principal(request: web.Request) -> Principal:
 def _dry_run(request: web.Request) -> bool:
     raw = request.query.get("dry_run", "false").lower()
     if raw not in ("true", "false", "1", "0"):
-        raise UserError(400, f"dry_run must be true or false, got {raw!r}")
+        raise Invalid(f"dry_run must be true or false, got {raw!r}")
     return raw in ("true", "1")
 
 
@@ -191,8 +196,8 @@ async def redefine_table(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if isinstance(body, dict):
         if body.get("job_name", job_name) != job_name:
-            raise UserError(
-                400, f"job_name {body['job_name']!r} in the body differs from {job_name!r} in the path; a job cannot be renamed"
+            raise Invalid(
+                f"job_name {body['job_name']!r} in the body differs from {job_name!r} in the path; a job cannot be renamed"
             )
         body = {**body, "job_name": job_name}
     definition = jobs.parse_job_definition(body)
@@ -258,9 +263,9 @@ def _search_args(params: dict[str, Any]) -> tuple[SearchArgs, dict[str, Any]]:
     ef_search = search.parse_ef_search(params.pop("ef_search", None))
     window_size = search.parse_window_size(params.pop("window_size", None))
     if not isinstance(job_name, str) or not job_name:
-        raise UserError(400, "job_name is required: the job to search")
+        raise Invalid("job_name is required: the job to search")
     if not isinstance(text, str) or not text:
-        raise UserError(400, "query is required: the text to search for")
+        raise Invalid("query is required: the text to search for")
     return SearchArgs(job_name, text, limit, ranking, wait, return_columns, ef_search, window_size), params
 
 
@@ -294,7 +299,7 @@ async def search_get(request: web.Request) -> web.Response:
     params: dict[str, Any] = {}
     for key, value in request.query.items():
         if key in params:
-            raise UserError(400, f"query parameter {key!r} is given more than once")
+            raise Invalid(f"query parameter {key!r} is given more than once")
         params[key] = value
     args, filters = _search_args(params)
     return await _search_response(request, args, filters)
@@ -303,7 +308,7 @@ async def search_get(request: web.Request) -> web.Response:
 async def search_post(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise UserError(400, "the request body must be a JSON object with job_name, query, limit and filters")
+        raise Invalid("the request body must be a JSON object with job_name, query, limit and filters")
     allowed = {
         "job_name",
         "query",
@@ -317,10 +322,10 @@ async def search_post(request: web.Request) -> web.Response:
     }
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise UserError(400, f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")
+        raise Invalid(f"unknown field {unknown[0]!r}; search takes {', '.join(sorted(allowed))}")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict):
-        raise UserError(400, 'filters must be a JSON object of column: value or column: "op.value"')
+        raise Invalid('filters must be a JSON object of column: value or column: "op.value"')
     args, _ = _search_args({k: v for k, v in body.items() if k != "filters"})
     return await _search_response(request, args, filters)
 

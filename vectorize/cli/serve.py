@@ -18,17 +18,17 @@ from dataclasses import replace
 import psycopg
 from aiohttp import web
 
-from . import systemd
-from .access import check_exposure
-from .api import HTTP_PARSER_LIMITS, api_tokens, create_app
-from .config import Settings
-from .db import connect, make_pool, migrate, publish_models
-from .embedding import providers
-from .embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
-from .embedding.errors import EmbedderUnavailable
-from .embedding.tuning import Tuner, TuningStore
-from .local_postgres import start_local_postgres
-from .worker import Worker
+from vectorize.cli import systemd
+from vectorize.config import Settings
+from vectorize.db.database import connect, make_pool, migrate, publish_models
+from vectorize.db.local_postgres import start_local_postgres
+from vectorize.embedding import providers
+from vectorize.embedding.build.tuning import Tuner, TuningStore
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
+from vectorize.embedding.errors import EmbedderUnavailable
+from vectorize.http.access import check_exposure
+from vectorize.http.app import HTTP_PARSER_LIMITS, api_tokens, create_app
+from vectorize.worker.loop import Worker
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 
-from .db import Pool
-from .embedding.catalog import ModelCatalog, ModelInfo
-from .embedding.errors import EmbedderUnavailable
-from .embedding.hub import HubModelRefused
-from .embedding.remote import RemoteEmbeddingError, RemoteUnavailable
-from .errors import UserError
-from .queries import query
+from vectorize.core.errors import Invalid, Unavailable
+from vectorize.db.database import Pool
+from vectorize.db.queries import query
+from vectorize.embedding.catalog import ModelCatalog, ModelInfo
+from vectorize.embedding.errors import EmbedderUnavailable
+from vectorize.embedding.hub import HubModelRefused
+from vectorize.embedding.remote import RemoteEmbeddingError, RemoteUnavailable
 
 
 async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) -> None:
@@ -33,9 +33,9 @@ async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) ->
             hub_info = await asyncio.to_thread(catalog.probe_hub, model)
         except HubModelRefused as exc:
             ours = ", ".join(sorted(catalog.manifests))
-            raise UserError(400, f"{exc}; this installation can run: {ours}") from None
+            raise Invalid(f"{exc}; this installation can run: {ours}") from None
         except EmbedderUnavailable as exc:
-            raise UserError(503, f"{exc}; retry shortly") from None
+            raise Unavailable(f"{exc}; retry shortly") from None
         await register(pool, hub_info)
         return
     try:
@@ -44,8 +44,8 @@ async def ensure_registered(pool: Pool, catalog: ModelCatalog, model: object) ->
         # The server's own words, without its address (error bodies name no internal service).
         detail = str(exc).replace(catalog.remote[model].base_url, model.split("/", 1)[0])
         if isinstance(exc, RemoteUnavailable) and exc.status != 404:
-            raise UserError(503, f"model {model!r} cannot be reached now ({detail}); retry shortly") from None
-        raise UserError(400, f"model {model!r} was refused by its provider: {detail}") from None
+            raise Unavailable(f"model {model!r} cannot be reached now ({detail}); retry shortly") from None
+        raise Invalid(f"model {model!r} was refused by its provider: {detail}") from None
     await register(pool, info)
 
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from .encoder import load_tokenizer
+from vectorize.embedding.encoder import load_tokenizer
 
 if TYPE_CHECKING:
     import onnx

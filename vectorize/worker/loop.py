@@ -24,17 +24,17 @@ from typing import Any, Protocol
 import psycopg
 import psycopg_pool
 
-from . import metrics
-from .config import Settings
-from .db import Pool, make_pool
-from .embedding.catalog import Embedder
-from .embedding.chunking import split_texts
-from .embedding.encoder import BATCHES_IN_FLIGHT
-from .embedding.errors import EmbedderUnavailable, EmbeddingAborted
-from .retry import SOURCE_BROKEN, Blame, RetryPolicy
-from .scheduler import Lane, Rotation
-from .store import SCAN_BUSY, SCAN_NONE, BatchStore, ChunkLine, Claimed, Generation, JobWork, SourceRow, WorkerStore
-from .store_postgres import PostgresWorkerStore
+from vectorize import metrics
+from vectorize.config import Settings
+from vectorize.core.chunking import split_texts
+from vectorize.core.scheduler import Lane, Rotation
+from vectorize.core.store import SCAN_BUSY, SCAN_NONE, BatchStore, ChunkLine, Claimed, Generation, JobWork, SourceRow, WorkerStore
+from vectorize.db.database import Pool, make_pool
+from vectorize.db.worker_store import PostgresWorkerStore
+from vectorize.embedding.catalog import Embedder
+from vectorize.embedding.encoder import BATCHES_IN_FLIGHT
+from vectorize.embedding.errors import EmbedderUnavailable, EmbeddingAborted
+from vectorize.worker.retry import SOURCE_BROKEN, Blame, RetryPolicy
 
 log = logging.getLogger(__name__)
 

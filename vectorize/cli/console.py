@@ -14,17 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import jobs
-from .config import Settings
-from .db import Pool, make_pool
-from .dry_run import plan
-from .embedding.catalog import DEFAULT_MODEL, ModelCatalog
-from .paths import SQL_DIR
-from .queries import query
-from .query_embedding import QueryEmbedder
-from .search import search as search_rows
-from .search import wait_until_synced
-from .worker import Worker
+from vectorize.config import Settings
+from vectorize.db.database import Pool, make_pool
+from vectorize.db.queries import query
+from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
+from vectorize.paths import SQL_DIR
+from vectorize.service import jobs
+from vectorize.service.dry_run import plan
+from vectorize.service.query_embedding import QueryEmbedder
+from vectorize.service.search import search as search_rows
+from vectorize.service.search import wait_until_synced
+from vectorize.worker.loop import Worker
 
 console = Console()
 DEMO_JOB = {

@@ -13,8 +13,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import metrics
-from .embedding.catalog import ModelCatalog
+from vectorize import metrics
+from vectorize.embedding.catalog import ModelCatalog
 
 #: Query vectors kept (384 floats each: 1.5 kB; 4096 of them are 6 MB).
 CACHE_SIZE = 4096

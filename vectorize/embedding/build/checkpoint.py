@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .architectures import architecture
+from vectorize.embedding.build.architectures import architecture
 
 #: Pooling modes, by the names sentence-transformers writes (``pooling_mode`` or its older booleans).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")

@@ -14,7 +14,10 @@ from collections.abc import Hashable, Mapping, Sequence
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from .embedding.encoder import BULK, URGENT
+#: Priorities of the encoder's inference calls (embedding/encoder.py): lower runs first, so a
+#: live lane's call takes the next free session ahead of any backfill call waiting for one.
+URGENT = 0
+BULK = 1
 
 
 class Lane(StrEnum):

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import AsyncConnection
 
-from .db import Pool
-from .errors import UserError, database_errors, reject_nul
-from .queries import query
+from vectorize.core.errors import Conflict, Forbidden, Invalid, NotFound, reject_nul
+from vectorize.db.database import Pool
+from vectorize.db.errors import database_errors
+from vectorize.db.queries import query
 
 T = TypeVar("T")
 
@@ -60,26 +61,25 @@ def _type_name(value: object) -> str:
 def parse_job_definition(body: Any) -> dict[str, Any]:
     """Validate the JSON shape of a VectorizeJob; missing fields are left to the database's message."""
     if not isinstance(body, dict):
-        raise UserError(400, f"the request body must be a JSON object with the fields {', '.join(JOB_FIELDS)}")
+        raise Invalid(f"the request body must be a JSON object with the fields {', '.join(JOB_FIELDS)}")
     unknown = sorted(set(body) - set(JOB_FIELDS) - set(CHUNK_FIELDS) - set(SEARCH_FIELDS))
     if unknown:
-        raise UserError(
-            400,
+        raise Invalid(
             f"unknown field {unknown[0]!r}; a job has the fields {', '.join(JOB_FIELDS)} "
             f"and optionally {', '.join([*CHUNK_FIELDS, *SEARCH_FIELDS])}",
         )
     missing = [f for f in JOB_FIELDS if f not in body]
     if missing:
-        raise UserError(400, f"{missing[0]} is required")
+        raise Invalid(f"{missing[0]} is required")
     definition: dict[str, Any] = {}
     value: Any
     for field, kind in JOB_FIELDS.items():
         value = body[field]
         if not _has_type(value, kind):
-            raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}, got {_type_name(value)}")
+            raise Invalid(f"{field} must be {_TYPE_NAMES[kind]}, got {_type_name(value)}")
         if kind is list:
             if not all(isinstance(v, str) for v in value):
-                raise UserError(400, f"{field} must be an array of strings")
+                raise Invalid(f"{field} must be an array of strings")
             for v in value:
                 reject_nul(field, v)
         else:
@@ -91,18 +91,18 @@ def parse_job_definition(body: Any) -> dict[str, Any]:
         value = body.get(field, default)
         if kind is list and value is not None:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise UserError(400, f"{field} must be an array of strings or null, got {_type_name(value)}")
+                raise Invalid(f"{field} must be an array of strings or null, got {_type_name(value)}")
             for v in value:
                 reject_nul(field, v)
             definition[field] = value
             continue
         nullable = default is None
         if not (value is None and nullable) and (not _has_type(value, kind) or (kind is int and isinstance(value, bool))):
-            raise UserError(400, f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
+            raise Invalid(f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
         if kind is str:
             reject_nul(field, value)
         if kind is int and value is not None and not -(2**31) <= value < 2**31:
-            raise UserError(400, f"{field} {value} is out of range")
+            raise Invalid(f"{field} {value} is out of range")
         definition[field] = value
     return definition
 
@@ -146,7 +146,7 @@ async def job_definition(pool: Pool, job_name: str) -> dict[str, Any]:
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
     if row is None:
-        raise UserError(404, f"job {job_name!r} does not exist")
+        raise NotFound(f"job {job_name!r} does not exist")
     return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SEARCH_FIELDS) if f != "job_name"}}
 
 
@@ -161,7 +161,7 @@ async def redefine_job(pool: Pool, definition: dict[str, Any], keep_seconds: flo
         await _require_reads(conn, role, params)
         current = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
         if current is None:
-            raise UserError(404, f"job {job_name!r} does not exist; create it with POST /api/v1/table")
+            raise NotFound(f"job {job_name!r} does not exist; create it with POST /api/v1/table")
         spare = await (await conn.execute(query("building_generation"), {"job_name": job_name})).fetchone()
         answer = {"id": str(current["id"]), "job_name": job_name, "serving_generation": current["generation"]}
         await conn.execute(query("set_search_settings"), params)
@@ -235,8 +235,7 @@ async def _politely(
                     return await work(conn)
         except psycopg.errors.LockNotAvailable:
             if attempt == SOURCE_LOCK_TRIES:
-                raise UserError(
-                    409,
+                raise Conflict(
                     f"job {job_name!r} was not {action}: its source table stayed locked by another transaction"
                     f" (a long query or an open transaction) through {SOURCE_LOCK_TRIES} tries; retry when it has ended",
                 ) from None
@@ -252,7 +251,7 @@ async def delete_job(pool: Pool, job_name: str, role: str | None = None) -> None
         return await (await conn.execute(query("delete_job"), {"job_name": job_name})).fetchone()
 
     if await _politely(pool, job_name, "deleted", delete, role) is None:
-        raise UserError(404, f"job {job_name!r} does not exist")
+        raise NotFound(f"job {job_name!r} does not exist")
 
 
 def _status_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -284,10 +283,10 @@ async def _require_reads(conn: AsyncConnection[Any], role: str | None, definitio
     try:
         row = await (await conn.execute(query("role_may_read"), params)).fetchone()
     except psycopg.errors.UndefinedObject as exc:
-        raise UserError(403, f"this token's role {role!r} does not exist") from exc
+        raise Forbidden(f"this token's role {role!r} does not exist") from exc
     if row is not None and row["ok"] is False:
-        raise UserError(
-            403, f"role {role!r} may not read every column the job names in {definition['src_schema']}.{definition['src_table']}"
+        raise Forbidden(
+            f"role {role!r} may not read every column the job names in {definition['src_schema']}.{definition['src_table']}"
         )
 
 
@@ -295,14 +294,14 @@ async def _require_readable(conn: AsyncConnection[Any], role: str | None, job_na
     """For a ``role`` (an API token's), a job whose source it may not read is answered like one
     that does not exist."""
     if role is not None and job_name not in await _readable(conn, role):
-        raise UserError(404, f"job {job_name!r} does not exist")
+        raise NotFound(f"job {job_name!r} does not exist")
 
 
 async def _readable(conn: AsyncConnection[Any], role: str) -> set[str]:
     try:
         return {r["job_name"] for r in await (await conn.execute(query("readable_jobs"), {"role": role})).fetchall()}
     except psycopg.errors.UndefinedObject as exc:
-        raise UserError(403, f"this token's role {role!r} does not exist") from exc
+        raise Forbidden(f"this token's role {role!r} does not exist") from exc
 
 
 async def job_gauges(pool: Pool) -> list[dict[str, Any]]:
@@ -316,7 +315,7 @@ async def job_status(pool: Pool, job_name: str) -> dict[str, Any]:
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_status_one"), {"job_name": job_name})).fetchone()
     if row is None:
-        raise UserError(404, f"job {job_name!r} does not exist")
+        raise NotFound(f"job {job_name!r} does not exist")
     return _status_row(row)
 
 

@@ -44,10 +44,10 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from .encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
-from .export import export_checkpoint
-from .registry import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, quantize_int8, source_dir
-from .smoothing import activation_ranges, smooth_graph
+from vectorize.embedding.encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
+from vectorize.embedding.build.export import export_checkpoint
+from vectorize.embedding.registry import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, quantize_int8, source_dir
+from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .jobs import JOB_FIELDS
-from .search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, MAX_WINDOW, RANKING_OPTIONS
+from vectorize.service.jobs import JOB_FIELDS
+from vectorize.service.search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, MAX_WINDOW, RANKING_OPTIONS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NAME = {"type": "string", "minLength": 1}

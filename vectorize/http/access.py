@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from vectorize.core.errors import Forbidden, NotFound
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,12 @@ class Principal:
     def require_job(self, job_name: str) -> None:
         """A job outside the token's list is answered like one that does not exist."""
         if not self.may_see(job_name):
-            raise UserError(404, f"job {job_name!r} does not exist")
+            raise NotFound(f"job {job_name!r} does not exist")
 
     def require_manage(self, job_name: str) -> None:
         self.require_job(job_name)
         if not self.manage:
-            raise UserError(403, f"this token may search but not create, redefine or delete jobs (job {job_name!r})")
+            raise Forbidden(f"this token may search but not create, redefine or delete jobs (job {job_name!r})")
 
 
 #: The daemon's own rights: no token file, or the single VECTORIZE_API_TOKEN.

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Settings, environment_help
+from vectorize.config import Settings, environment_help
 
 ENV_HELP = environment_help()
 
@@ -25,7 +25,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .service import run
+    from vectorize.cli.serve import run
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .service import model_catalog, prepare_database
+    from vectorize.cli.serve import model_catalog, prepare_database
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -49,11 +49,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_models_register(args: argparse.Namespace) -> int:
     """Ask a provider's model for its dimension and list it in vectorize.model, so that jobs created
     with INSERT in psql may name it (the API does this by itself on first use)."""
-    from .db import connect, publish_models
-    from .embedding.errors import EmbedderUnavailable
-    from .embedding.hub import HubModelRefused
-    from .embedding.remote import RemoteEmbeddingError
-    from .service import model_catalog, prepare_database
+    from vectorize.cli.serve import model_catalog, prepare_database
+    from vectorize.db.database import connect, publish_models
+    from vectorize.embedding.errors import EmbedderUnavailable
+    from vectorize.embedding.hub import HubModelRefused
+    from vectorize.embedding.remote import RemoteEmbeddingError
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -81,10 +81,10 @@ def cmd_models_register(args: argparse.Namespace) -> int:
 def cmd_models_pull(args: argparse.Namespace) -> int:
     """Fetch a hub model's files (huggingface_hub's progress bars show the download) and export its
     graph now, so the first job on it starts at once instead of waiting for them."""
-    from .embedding.errors import EmbedderUnavailable
-    from .embedding.hub import HubModelRefused, human_size
-    from .embedding.registry import ensure_exported
-    from .service import model_catalog
+    from vectorize.cli.serve import model_catalog
+    from vectorize.embedding.errors import EmbedderUnavailable
+    from vectorize.embedding.hub import HubModelRefused, human_size
+    from vectorize.embedding.registry import ensure_exported
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -110,8 +110,8 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from .embedding.registry import export_paths, is_exported, load_manifests
-    from .service import model_catalog
+    from vectorize.cli.serve import model_catalog
+    from vectorize.embedding.registry import export_paths, is_exported, load_manifests
 
     settings = _settings(args)
     tuner = model_catalog(settings).tuner
@@ -132,8 +132,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_tune(args: argparse.Namespace) -> int:
     """Measure each model's engine settings on this machine now and store them (what the first start does)."""
-    from .embedding.registry import load_manifests
-    from .service import model_catalog
+    from vectorize.cli.serve import model_catalog
+    from vectorize.embedding.registry import load_manifests
 
     settings = _settings(args)
     _setup_logging(settings.log_level)
@@ -161,7 +161,7 @@ def cmd_models_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_models_export(args: argparse.Namespace) -> int:
-    from .embedding.registry import ensure_exported, load_manifests, write_manifest
+    from vectorize.embedding.registry import ensure_exported, load_manifests, write_manifest
 
     settings = _settings(args)
     if args.source:
@@ -191,9 +191,10 @@ def cmd_console(args: argparse.Namespace) -> int:
     import psycopg
     import psycopg_pool
 
-    from . import console, search
-    from .errors import UserError
-    from .service import model_catalog, prepare_database
+    from vectorize.cli import console
+    from vectorize.cli.serve import model_catalog, prepare_database
+    from vectorize.core.errors import VectorizeError
+    from vectorize.service import search
 
     settings = _settings(args)
     _setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
@@ -233,7 +234,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             }
             coroutine = console.jobs_create(settings, catalog, definition, args.dry_run)
         return asyncio.run(coroutine)
-    except UserError as exc:
+    except VectorizeError as exc:
         print(f"vectorize: {exc.message}", file=sys.stderr)
         return 1
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -255,7 +256,7 @@ def _changes(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
-    from .embedding.catalog import DEFAULT_MODEL
+    from vectorize.embedding.catalog import DEFAULT_MODEL
 
     jobs = sub.add_parser("jobs", help="list, show, wait for, create, alter, roll back or delete jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -319,7 +320,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from .embedding.registry import check_against_reference, load_encoder, load_manifests
+    from vectorize.embedding.registry import check_against_reference, load_encoder, load_manifests
 
     settings = _settings(args)
     manifests = load_manifests(settings.models_dir)
