@@ -10,8 +10,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from vectorize.core.job_definition import OPTIONAL, REQUIRED, SETTINGS
 from vectorize.metrics import REGISTRY
-from vectorize.service.jobs import CHUNK_FIELDS, JOB_FIELDS, SEARCH_FIELDS
 from vectorize.service.query_embedding import QueryEmbedder
 
 from .helpers import MODEL, backfilled_job, create_job, embedding_count, queue_depth, wait_until
@@ -127,7 +127,7 @@ async def test_hnsw_build_parameters_per_job_rebuild_the_index_beside_the_old_on
     # From HTTP: PUT with the serving definition and new parameters rebuilds nothing but the index.
     status = await (await api.get("/api/v1/table/my_job")).json()
     assert (status["hnsw_m"], status["hnsw_ef_construction"]) == (8, 40)
-    job = {k: status[k] for k in (*JOB_FIELDS, *CHUNK_FIELDS, *SEARCH_FIELDS)}
+    job = {k: status[k] for k in (*REQUIRED, *OPTIONAL, *SETTINGS)}
     response = await api.put("/api/v1/table/my_job", json={**job, "hnsw_m": 12, "hnsw_ef_construction": 48})
     assert response.status == 200, await response.text()
     await wait_until(lambda: hnsw_options(conn) == {"m=12", "ef_construction=48"}, timeout=30)
@@ -238,7 +238,7 @@ async def test_return_columns_bound_filters_and_passages_and_survive_redefinitio
     assert status == 200 and all(r["chunk"]["text"] is None for r in rows)  # description is embedded, not returnable
     status, rows = await search(api, product_name="Pencil")
     assert status == 200 and [r["product_name"] for r in rows] == ["Pencil"]
-    definition = {k: v for k, v in (await (await api.get("/api/v1/table/my_job")).json()).items() if k in JOB_FIELDS}
+    definition = {k: v for k, v in (await (await api.get("/api/v1/table/my_job")).json()).items() if k in REQUIRED}
     assert (await api.post("/api/v1/table", json=definition)).status == 200  # idempotent re-POST
     response = await api.put("/api/v1/table/my_job", json={**definition, "chunk_tokens": 64})
     assert response.status == 202

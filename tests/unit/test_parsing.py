@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vectorize.core.errors import VectorizeError
-from vectorize.service.jobs import parse_job_definition
+from vectorize.core.job_definition import parse as parse_job_definition
 from vectorize.service.search import parse_ef_search, parse_limit, parse_ranking, parse_return_columns, parse_wait_for_sync
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vectorize.config import Settings, environment_help
+from vectorize.core.job_definition import FIELDS, OPTIONAL
 
 ENV_HELP = environment_help()
 
@@ -227,10 +228,7 @@ def cmd_console(args: argparse.Namespace) -> int:
                 "primary_key": args.primary_key,
                 "update_time_col": args.update_time_col,
                 "model": args.model,
-                "chunking": not args.no_chunking,
-                "chunk_tokens": args.chunk_tokens,
-                "chunk_overlap": args.chunk_overlap,
-                "language": args.language,
+                **{name: getattr(args, name) for name in OPTIONAL},
             }
             coroutine = console.jobs_create(settings, catalog, definition, args.dry_run)
         return asyncio.run(coroutine)
@@ -247,12 +245,26 @@ def _changes(args: argparse.Namespace) -> dict[str, object]:
     changes: dict[str, object] = {}
     if args.columns is not None:
         changes["src_columns"] = [c.strip() for c in args.columns.split(",")]
-    for field in ("model", "update_time_col", "chunk_tokens", "chunk_overlap", "language"):
+    for field in ("model", "update_time_col", *OPTIONAL):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
-    if args.chunking is not None:
-        changes["chunking"] = args.chunking
     return changes
+
+
+def _add_definition_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """The definition's optional fields as flags (core/job_definition.py says which, with their
+    defaults); without defaults for ``jobs alter``, where a flag left out keeps the job's value."""
+    for field in FIELDS:
+        if field.required or field.setting:
+            continue
+        default = field.default if with_defaults else None
+        shown = f" (default {str(default).lower() if isinstance(default, bool) else default})" if default is not None else ""
+        if field.kind is bool:
+            parser.add_argument(
+                field.flag, action=argparse.BooleanOptionalAction, default=default, help=field.description + shown
+            )
+        else:
+            parser.add_argument(field.flag, type=field.kind, default=default, help=field.description + shown)
 
 
 def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
@@ -280,10 +292,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--primary-key", required=True, help="primary-key (or unique, not-null) column")
     p.add_argument("--update-time-col", required=True, help="timestamptz column with each row's last update")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row (default: the model's window)")
-    p.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default 32)")
-    p.add_argument("--language", default="english", help="text search configuration of the full-text half (default english)")
-    p.add_argument("--no-chunking", action="store_true", help="truncate long rows instead (pg_vectorize's behaviour)")
+    _add_definition_options(p, with_defaults=True)
     p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; create nothing")
     p.set_defaults(func=cmd_console)
     p = jobs_sub.add_parser(
@@ -293,10 +302,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", help="comma-separated columns to embed")
     p.add_argument("--model")
     p.add_argument("--update-time-col", help="timestamptz column with each row's last update")
-    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of a long row")
-    p.add_argument("--chunk-overlap", type=int, help="tokens shared by neighbouring chunks")
-    p.add_argument("--language", help="text search configuration of the full-text half")
-    p.add_argument("--chunking", action=argparse.BooleanOptionalAction, help="split long rows (--no-chunking: truncate)")
+    _add_definition_options(p, with_defaults=False)
     p.add_argument("--dry-run", action="store_true", help="check everything and print the work it would be; change nothing")
     p.set_defaults(func=cmd_console)
     p = jobs_sub.add_parser("rollback", help="cancel a redefinition being built, or switch back to the previous generation")

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from vectorize import metrics
 from vectorize.config import Settings
+from vectorize.core import job_definition
 from vectorize.core.errors import Invalid, Kind, VectorizeError
 from vectorize.db.database import Connection, Pool
 from vectorize.db.queries import query
@@ -179,7 +180,7 @@ def _dry_run(request: web.Request) -> bool:
 
 async def create_table(request: web.Request) -> web.Response:
     dry_run = _dry_run(request)
-    definition = jobs.parse_job_definition(await _json_body(request))
+    definition = job_definition.parse(await _json_body(request))
     principal = _principal(request)
     principal.require_manage(definition["job_name"])
     await ensure_registered(request.app[POOL], request.app[CATALOG], definition.get("model"))
@@ -200,7 +201,7 @@ async def redefine_table(request: web.Request) -> web.Response:
                 f"job_name {body['job_name']!r} in the body differs from {job_name!r} in the path; a job cannot be renamed"
             )
         body = {**body, "job_name": job_name}
-    definition = jobs.parse_job_definition(body)
+    definition = job_definition.parse(body)
     principal = _principal(request)
     principal.require_manage(job_name)
     await ensure_registered(request.app[POOL], request.app[CATALOG], definition.get("model"))

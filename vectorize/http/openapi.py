@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vectorize.service.jobs import JOB_FIELDS
+from vectorize.core.job_definition import FIELDS, REQUIRED, json_schema
 from vectorize.service.search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, MAX_WINDOW, RANKING_OPTIONS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -119,65 +119,9 @@ SPEC: dict[str, Any] = {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
             "VectorizeJob": {
                 "type": "object",
-                "required": list(JOB_FIELDS),
+                "required": list(REQUIRED),
                 "additionalProperties": False,
-                "properties": {
-                    **{
-                        name: (
-                            {"type": "array", "items": {"type": "string"}, "minItems": 1} if kind is list else {"type": "string"}
-                        )
-                        for name, kind in JOB_FIELDS.items()
-                    },
-                    "chunking": {
-                        "type": "boolean",
-                        "default": True,
-                        "description": "split rows longer than chunk_tokens into overlapping chunks (false: truncate them)",
-                    },
-                    "chunk_tokens": {
-                        "type": "integer",
-                        "nullable": True,
-                        "minimum": 16,
-                        "description": "tokens per chunk as the model's tokenizer counts them; default: the model's window",
-                    },
-                    "chunk_overlap": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "default": 32,
-                        "description": "tokens shared by neighbours",
-                    },
-                    "language": {
-                        "type": "string",
-                        "default": "english",
-                        "description": "text search configuration of the full-text half (simple for mixed languages)",
-                    },
-                    "return_columns": {
-                        "type": "array",
-                        "nullable": True,
-                        "items": {"type": "string"},
-                        "description": "the only source columns search may return for this job (default: all)",
-                    },
-                    "ef_search": {
-                        "type": "integer",
-                        "nullable": True,
-                        "minimum": 1,
-                        "maximum": 1000,
-                        "description": "the job's default HNSW ef_search (default 100)",
-                    },
-                    "hnsw_m": {
-                        "type": "integer",
-                        "nullable": True,
-                        "minimum": 2,
-                        "maximum": 100,
-                        "description": "HNSW links per node (default: pgvector's 16); a change rebuilds the index beside the old",
-                    },
-                    "hnsw_ef_construction": {
-                        "type": "integer",
-                        "nullable": True,
-                        "minimum": 4,
-                        "maximum": 1000,
-                        "description": "HNSW build candidate list, at least 2 x hnsw_m (default: pgvector's 64)",
-                    },
-                },
+                "properties": {field.name: json_schema(field) for field in FIELDS},
             },
             "SearchRequest": {
                 "type": "object",

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from vectorize.core.chunking import split_texts
 from vectorize.core.errors import NotFound, Unavailable
+from vectorize.core.job_definition import TEXT_FIELDS, same_definition, with_defaults
 from vectorize.db.database import Pool
 from vectorize.db.errors import database_errors
 from vectorize.db.queries import query
@@ -21,11 +22,6 @@ from vectorize.embedding.encoder import TokenCounter
 from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.embedding.hub import human_size
 from vectorize.embedding.remote import RemoteEmbedder
-from vectorize.service.jobs import same_definition, with_defaults
-
-#: The definition's fields a row's text and chunks depend on; vectorize._same_text
-#: (sql/functions/02_generations.sql) compares the same ones when a redefinition copies embeddings.
-TEXT_FIELDS = ("src_columns", "chunking", "chunk_tokens", "chunk_overlap")
 
 #: Tables up to this many rows are counted row by row; larger ones are sampled.
 EXACT_ROWS = 5000

@@ -11,100 +11,13 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import AsyncConnection
 
-from vectorize.core.errors import Conflict, Forbidden, Invalid, NotFound, reject_nul
+from vectorize.core.errors import Conflict, Forbidden, NotFound
+from vectorize.core.job_definition import DEFINITION, SETTINGS, same_definition, with_defaults
 from vectorize.db.database import Pool
 from vectorize.db.errors import database_errors
 from vectorize.db.queries import query
 
 T = TypeVar("T")
-
-#: Fields of a job definition and the JSON type each must have.
-JOB_FIELDS: dict[str, type] = {
-    "job_name": str,
-    "src_table": str,
-    "src_schema": str,
-    "src_columns": list,
-    "primary_key": str,
-    "update_time_col": str,
-    "model": str,
-}
-#: Optional definition fields, with their defaults: how rows are cut into chunks (see the README),
-#: and the language of the full-text half.
-CHUNK_FIELDS: dict[str, tuple[type, object]] = {
-    "chunking": (bool, True),
-    "chunk_tokens": (int, None),
-    "chunk_overlap": (int, 32),
-    # The full-text half's text search configuration (any the database has): a redefinition
-    # that changes only it embeds nothing; the stored terms are made again.
-    "language": (str, "english"),
-}
-#: Optional search settings (not part of the definition: changing them embeds nothing; new HNSW
-#: parameters rebuild the index beside the old one, which serves meanwhile).
-SEARCH_FIELDS: dict[str, tuple[type, object]] = {
-    "return_columns": (list, None),
-    "ef_search": (int, None),
-    "hnsw_m": (int, None),
-    "hnsw_ef_construction": (int, None),
-}
-_TYPE_NAMES = {str: "a string", list: "an array of strings", bool: "true or false", int: "an integer"}
-
-
-def _has_type(value: Any, kind: type) -> bool:
-    """isinstance, without narrowing ``value`` for the type checker (the kinds vary per field)."""
-    return isinstance(value, kind)
-
-
-def _type_name(value: object) -> str:
-    return type(value).__name__ if value is not None else "null"
-
-
-def parse_job_definition(body: Any) -> dict[str, Any]:
-    """Validate the JSON shape of a VectorizeJob; missing fields are left to the database's message."""
-    if not isinstance(body, dict):
-        raise Invalid(f"the request body must be a JSON object with the fields {', '.join(JOB_FIELDS)}")
-    unknown = sorted(set(body) - set(JOB_FIELDS) - set(CHUNK_FIELDS) - set(SEARCH_FIELDS))
-    if unknown:
-        raise Invalid(
-            f"unknown field {unknown[0]!r}; a job has the fields {', '.join(JOB_FIELDS)} "
-            f"and optionally {', '.join([*CHUNK_FIELDS, *SEARCH_FIELDS])}",
-        )
-    missing = [f for f in JOB_FIELDS if f not in body]
-    if missing:
-        raise Invalid(f"{missing[0]} is required")
-    definition: dict[str, Any] = {}
-    value: Any
-    for field, kind in JOB_FIELDS.items():
-        value = body[field]
-        if not _has_type(value, kind):
-            raise Invalid(f"{field} must be {_TYPE_NAMES[kind]}, got {_type_name(value)}")
-        if kind is list:
-            if not all(isinstance(v, str) for v in value):
-                raise Invalid(f"{field} must be an array of strings")
-            for v in value:
-                reject_nul(field, v)
-        else:
-            reject_nul(field, value)
-        definition[field] = value
-    for field, (kind, default) in {**CHUNK_FIELDS, **SEARCH_FIELDS}.items():
-        if field in SEARCH_FIELDS and field not in body:
-            continue  # kept as the job has it (a re-POST or a PUT never resets return_columns silently)
-        value = body.get(field, default)
-        if kind is list and value is not None:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise Invalid(f"{field} must be an array of strings or null, got {_type_name(value)}")
-            for v in value:
-                reject_nul(field, v)
-            definition[field] = value
-            continue
-        nullable = default is None
-        if not (value is None and nullable) and (not _has_type(value, kind) or (kind is int and isinstance(value, bool))):
-            raise Invalid(f"{field} must be {_TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {_type_name(value)}")
-        if kind is str:
-            reject_nul(field, value)
-        if kind is int and value is not None and not -(2**31) <= value < 2**31:
-            raise Invalid(f"{field} {value} is out of range")
-        definition[field] = value
-    return definition
 
 
 async def create_job(pool: Pool, definition: dict[str, Any], role: str | None = None) -> str:
@@ -123,31 +36,13 @@ async def create_job(pool: Pool, definition: dict[str, Any], role: str | None = 
     return str(row["id"])
 
 
-#: The fields that make up a definition, as the job row stores them.
-DEFINITION = (*JOB_FIELDS, *CHUNK_FIELDS)
-
-
-def with_defaults(definition: dict[str, Any]) -> dict[str, Any]:
-    """The definition with every chunking default filled in, and for each search setting whether
-    the request sets it (``set_<field>``): one it leaves out keeps the job's value."""
-    params = {**{field: default for field, (_, default) in CHUNK_FIELDS.items()}, **definition}
-    for field, (_, default) in SEARCH_FIELDS.items():
-        params[f"set_{field}"] = field in definition
-        params.setdefault(field, default)
-    return params
-
-
-def same_definition(row: dict[str, Any], definition: dict[str, Any]) -> bool:
-    return all(row[f] == definition[f] for f in DEFINITION if f != "job_name")
-
-
 async def job_definition(pool: Pool, job_name: str) -> dict[str, Any]:
     """The job's serving definition, as a create request would give it; 404 if there is no such job."""
     async with pool.connection() as conn:
         row = await (await conn.execute(query("job_definition"), {"job_name": job_name})).fetchone()
     if row is None:
         raise NotFound(f"job {job_name!r} does not exist")
-    return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SEARCH_FIELDS) if f != "job_name"}}
+    return {"job_name": job_name, **{f: row[f] for f in (*DEFINITION, *SETTINGS) if f != "job_name"}}
 
 
 async def redefine_job(pool: Pool, definition: dict[str, Any], keep_seconds: float, role: str | None = None) -> dict[str, Any]:
