@@ -56,15 +56,23 @@ class Int8Variant:
     def __post_init__(self) -> None:
         check_weight_format(self.weights)
 
-    def describe(self) -> str:
-        text = f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}"
+    def _changes(self) -> list[tuple[str, str]]:
+        """What sets this graph apart beyond the fp32 layers: (its key in a recipe, its words)."""
+        changes = []
         if self.smooth_alpha is not None:
-            text += f", smoothed (alpha {self.smooth_alpha:g})"
+            changes.append((f"smooth:{self.smooth_alpha:g}", f"smoothed (alpha {self.smooth_alpha:g})"))
         if self.outlier_channels:
-            text += f", {self.outlier_channels} outlier channels in fp32"
+            changes.append((f"outliers:{self.outlier_channels}", f"{self.outlier_channels} outlier channels in fp32"))
         if self.weights != "s8":
-            text += f", {WEIGHT_FORMATS[self.weights]}"
-        return text
+            changes.append((f"weights:{self.weights}", WEIGHT_FORMATS[self.weights]))
+        return changes
+
+    def describe(self) -> str:
+        return f", fp32 kept: {', '.join(self.keep_fp32) or 'none'}" + "".join(f", {words}" for _, words in self._changes())
+
+    def recipe(self) -> str:
+        """One line per fp32 prefix, then one per change: what a graph built from it is named after."""
+        return "\n".join([*self.keep_fp32]) + "".join(f"\n{key}" for key, _ in self._changes())
 
 
 @dataclass(frozen=True)

@@ -372,6 +372,24 @@ async def health_ready(request: web.Request) -> web.Response:
     )
 
 
+#: Every route: method, path, handler.
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/api/v1/table", create_table),
+    ("GET", "/api/v1/table", list_tables),
+    ("GET", "/api/v1/table/{job_name}", show_table),
+    ("PUT", "/api/v1/table/{job_name}", redefine_table),
+    ("POST", "/api/v1/table/{job_name}/rollback", rollback_table),
+    ("DELETE", "/api/v1/table/{job_name}", delete_table),
+    ("GET", "/api/v1/search", search_get),
+    ("POST", "/api/v1/search", search_post),
+    ("GET", "/metrics", metrics_endpoint),
+    ("GET", "/api/v1/openapi.json", openapi_document),
+    ("GET", "/health", health),
+    ("GET", "/health/live", health_live),
+    ("GET", "/health/ready", health_ready),
+]
+
+
 #: Request-line and header limits handed to aiohttp's parser. Requests within them get
 #: our JSON errors; beyond them aiohttp itself answers a plain-text 400 before any
 #: handler runs (64 KiB of query string is far more than any search needs).
@@ -393,17 +411,9 @@ def create_app(settings: Settings, pool: Pool, catalog: ModelCatalog) -> web.App
     app[CATALOG] = catalog
     app[QUERIES] = QueryEmbedder(catalog)
     app[SETTINGS] = settings
-    app.router.add_post("/api/v1/table", create_table)
-    app.router.add_get("/api/v1/table", list_tables)
-    app.router.add_get("/api/v1/table/{job_name}", show_table)
-    app.router.add_put("/api/v1/table/{job_name}", redefine_table)
-    app.router.add_post("/api/v1/table/{job_name}/rollback", rollback_table)
-    app.router.add_delete("/api/v1/table/{job_name}", delete_table)
-    app.router.add_get("/api/v1/search", search_get)
-    app.router.add_post("/api/v1/search", search_post)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/api/v1/openapi.json", openapi_document)
-    app.router.add_get("/health", health)
-    app.router.add_get("/health/live", health_live)
-    app.router.add_get("/health/ready", health_ready)
+    for method, path, handler in ROUTES:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD, as aiohttp adds it to a GET
+        else:
+            app.router.add_route(method, path, handler)
     return app

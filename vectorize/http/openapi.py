@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vectorize.core.job_definition import FIELDS, REQUIRED, json_schema
+from vectorize.core.job_definition import BY_NAME, DEFINITION, FIELDS, REQUIRED, SETTINGS, json_schema
 from vectorize.service.search import MAX_LIMIT, MAX_WAIT_FOR_SYNC, MAX_WINDOW, RANKING_OPTIONS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -35,6 +35,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def _typed(*, nullable: bool = False, **kinds: str) -> dict[str, Any]:
     """Properties that are just a JSON type each (and may be null, if ``nullable``)."""
     return {name: {"type": kind, "nullable": True} if nullable else {"type": kind} for name, kind in kinds.items()}
+
+
+def _stored(*names: str) -> dict[str, Any]:
+    """Definition fields as a job's status reports them: their JSON types, from the definition."""
+    fields = [BY_NAME[name] for name in names]
+    return {f.name: {k: v for k, v in json_schema(f).items() if k in ("type", "items", "nullable")} for f in fields}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -160,16 +166,8 @@ SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["job_name", "id", "status", "embedded_rows", "pending", "failed_rows", "backfill_done"],
                 "properties": {
+                    **_stored(*DEFINITION, *SETTINGS),
                     **_typed(
-                        job_name="string",
-                        src_schema="string",
-                        src_table="string",
-                        primary_key="string",
-                        update_time_col="string",
-                        model="string",
-                        chunking="boolean",
-                        chunk_overlap="integer",
-                        language="string",
                         pending="integer",
                         pending_live="integer",
                         pending_backfill="integer",
@@ -180,10 +178,6 @@ SPEC: dict[str, Any] = {
                     ),
                     **_typed(
                         nullable=True,
-                        chunk_tokens="integer",
-                        ef_search="integer",
-                        hnsw_m="integer",
-                        hnsw_ef_construction="integer",
                         status_message="string",
                         waiting_reason="string",
                         waiting_until="string",
@@ -196,8 +190,6 @@ SPEC: dict[str, Any] = {
                         last_activity="string",
                     ),
                     "id": {"type": "string", "format": "uuid"},
-                    "src_columns": {"type": "array", "items": {"type": "string"}},
-                    "return_columns": {"type": "array", "nullable": True, "items": {"type": "string"}},
                     "generation": {"type": "integer", "description": "the generation that serves search"},
                     "generations": {
                         "type": "array",
@@ -222,17 +214,10 @@ SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["generation", "state", "model"],
                 "properties": {
-                    **_typed(
-                        generation="integer",
-                        model="string",
-                        update_time_col="string",
-                        chunking="boolean",
-                        chunk_overlap="integer",
-                        language="string",
-                    ),
+                    **_stored("model", "src_columns", "update_time_col", "chunking", "chunk_tokens", "chunk_overlap", "language"),
+                    **_typed(generation="integer"),
                     **_typed(
                         nullable=True,
-                        chunk_tokens="integer",
                         embedded_rows="integer",
                         progress="number",
                         eta_seconds="number",
@@ -241,7 +226,6 @@ SPEC: dict[str, Any] = {
                         kept_until="string",
                     ),
                     "state": {"type": "string", "enum": ["serving", "building", "previous"]},
-                    "src_columns": {"type": "array", "items": {"type": "string"}},
                 },
             },
             "Redefinition": {
@@ -271,7 +255,10 @@ SPEC: dict[str, Any] = {
                         embeds="string",
                         rate_source="string",
                     ),
-                    **_typed(nullable=True, estimated_seconds="number", rate_tokens_per_second="number"),
+                    **_typed(
+                        nullable=True, estimated_seconds="number", rate_tokens_per_second="number", download_bytes="integer"
+                    ),
+                    "download": {"type": "string", "description": "a hub model not yet here: what the job would fetch first"},
                     "action": {"type": "string", "enum": ["create", "redefine", "unchanged"]},
                 },
             },

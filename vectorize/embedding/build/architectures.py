@@ -99,26 +99,76 @@ def _bert_shape(config: dict[str, Any], offset: int = 0) -> Shape:
     )
 
 
-def _bert_weights(w: dict[str, np.ndarray], config: dict[str, Any], offset: int = 0) -> EncoderWeights:
-    layers = []
-    for i in range(int(config["num_hidden_layers"])):
-        p = f"encoder.layer.{i}."
-        layers.append(
-            EncoderLayer(
-                qkv=_packed(w, [p + f"attention.self.{n}" for n in ("query", "key", "value")]),
-                attention_out=_linear(w, p + "attention.output.dense"),
-                attention_norm=_linear(w, p + "attention.output.LayerNorm"),
-                ff_in=_linear(w, p + "intermediate.dense"),
-                ff_out=_linear(w, p + "output.dense"),
-                output_norm=_linear(w, p + "output.LayerNorm"),
+@dataclass(frozen=True)
+class _LayerNames:
+    """Where an architecture keeps each part of layer ``i`` (``prefix`` holds ``{i}``)."""
+
+    prefix: str
+    qkv: tuple[str, str, str]
+    attention_out: str
+    attention_norm: str
+    ff_in: str
+    ff_out: str
+    output_norm: str
+
+    def read(self, w: dict[str, np.ndarray], count: int) -> list[EncoderLayer]:
+        layers = []
+        for i in range(count):
+            p = self.prefix.format(i=i)
+            layers.append(
+                EncoderLayer(
+                    qkv=_packed(w, [p + n for n in self.qkv]),
+                    attention_out=_linear(w, p + self.attention_out),
+                    attention_norm=_linear(w, p + self.attention_norm),
+                    ff_in=_linear(w, p + self.ff_in),
+                    ff_out=_linear(w, p + self.ff_out),
+                    output_norm=_linear(w, p + self.output_norm),
+                )
             )
-        )
+        return layers
+
+
+_BERT_LAYER = _LayerNames(
+    "encoder.layer.{i}.",
+    ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
+_MPNET_LAYER = _LayerNames(
+    "encoder.layer.{i}.",
+    ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+    "attention.attn.o",
+    "attention.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
+_DISTILBERT_LAYER = _LayerNames(
+    "transformer.layer.{i}.",
+    ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+    "attention.out_lin",
+    "sa_layer_norm",
+    "ffn.lin1",
+    "ffn.lin2",
+    "output_layer_norm",
+)
+
+
+def _encoder(w: dict[str, np.ndarray], layers: list[EncoderLayer], offset: int, **bias: np.ndarray) -> EncoderWeights:
     return EncoderWeights(
         word=_f32(w["embeddings.word_embeddings.weight"]),
         positions=_positions(w, offset),
         embedding_norm=_linear(w, "embeddings.LayerNorm"),
         layers=layers,
+        **bias,
     )
+
+
+def _bert_weights(w: dict[str, np.ndarray], config: dict[str, Any], offset: int = 0) -> EncoderWeights:
+    return _encoder(w, _BERT_LAYER.read(w, int(config["num_hidden_layers"])), offset)
 
 
 def _roberta_shape(config: dict[str, Any]) -> Shape:
@@ -147,28 +197,11 @@ def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: 
 
 
 def _mpnet_weights(w: dict[str, np.ndarray], config: dict[str, Any]) -> EncoderWeights:
-    layers = []
-    for i in range(int(config["num_hidden_layers"])):
-        p = f"encoder.layer.{i}."
-        layers.append(
-            EncoderLayer(
-                qkv=_packed(w, [p + f"attention.attn.{n}" for n in "qkv"]),
-                attention_out=_linear(w, p + "attention.attn.o"),
-                attention_norm=_linear(w, p + "attention.LayerNorm"),
-                ff_in=_linear(w, p + "intermediate.dense"),
-                ff_out=_linear(w, p + "output.dense"),
-                output_norm=_linear(w, p + "output.LayerNorm"),
-            )
-        )
     shape = _roberta_shape(config)
-    return EncoderWeights(
-        word=_f32(w["embeddings.word_embeddings.weight"]),
-        positions=_positions(w, _position_offset(config)),
-        embedding_norm=_linear(w, "embeddings.LayerNorm"),
-        layers=layers,
-        relative_bias=_f32(w["encoder.relative_attention_bias.weight"]),
-        relative_buckets=relative_position_buckets(shape.max_positions, int(config.get("relative_attention_num_buckets", 32))),
-    )
+    buckets = relative_position_buckets(shape.max_positions, int(config.get("relative_attention_num_buckets", 32)))
+    layers = _MPNET_LAYER.read(w, shape.num_layers)
+    bias = _f32(w["encoder.relative_attention_bias.weight"])
+    return _encoder(w, layers, _position_offset(config), relative_bias=bias, relative_buckets=buckets)
 
 
 def _distilbert_shape(config: dict[str, Any]) -> Shape:
@@ -182,25 +215,7 @@ def _distilbert_shape(config: dict[str, Any]) -> Shape:
 
 
 def _distilbert_weights(w: dict[str, np.ndarray], config: dict[str, Any]) -> EncoderWeights:
-    layers = []
-    for i in range(int(config["n_layers"])):
-        p = f"transformer.layer.{i}."
-        layers.append(
-            EncoderLayer(
-                qkv=_packed(w, [p + f"attention.{n}_lin" for n in "qkv"]),
-                attention_out=_linear(w, p + "attention.out_lin"),
-                attention_norm=_linear(w, p + "sa_layer_norm"),
-                ff_in=_linear(w, p + "ffn.lin1"),
-                ff_out=_linear(w, p + "ffn.lin2"),
-                output_norm=_linear(w, p + "output_layer_norm"),
-            )
-        )
-    return EncoderWeights(
-        word=_f32(w["embeddings.word_embeddings.weight"]),
-        positions=_positions(w, 0),
-        embedding_norm=_linear(w, "embeddings.LayerNorm"),
-        layers=layers,
-    )
+    return _encoder(w, _DISTILBERT_LAYER.read(w, int(config["n_layers"])), 0)
 
 
 #: By config.json's ``model_type``.

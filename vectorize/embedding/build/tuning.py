@@ -316,14 +316,7 @@ FP32_FALLBACK = Int8Variant(keep_fp32=("",))
 
 
 def _graph_name(variant: Int8Variant) -> str:
-    recipe = "\n".join(variant.keep_fp32)
-    if variant.smooth_alpha is not None:
-        recipe += f"\nsmooth:{variant.smooth_alpha:g}"
-    if variant.outlier_channels:
-        recipe += f"\noutliers:{variant.outlier_channels}"
-    if variant.weights != "s8":
-        recipe += f"\nweights:{variant.weights}"
-    return "model-" + hashlib.sha256(recipe.encode()).hexdigest()[:12] + ".onnx"
+    return "model-" + hashlib.sha256(variant.recipe().encode()).hexdigest()[:12] + ".onnx"
 
 
 class Tuner:
