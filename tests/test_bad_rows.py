@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import MODEL, create_job, embedding_count, queue_depth, wait_until
 

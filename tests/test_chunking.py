@@ -15,7 +15,7 @@ from vectorize.core.chunking import split_texts
 from vectorize.embedding.catalog import DEFAULT_MODEL
 from vectorize.embedding.encoder import TokenCounter
 from vectorize.paths import MODELS_DIR
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import create_job, deep_sentence, embedding_count, load_manpages, manpages, queue_depth, wait_for, wait_until
 

@@ -9,7 +9,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from vectorize.db.database import migrate, publish_models
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import MODEL, create_job, queue_depth, scratch_database, wait_until
 

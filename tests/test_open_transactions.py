@@ -12,7 +12,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import create_job, queue_depth, wait_until
 

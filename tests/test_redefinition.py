@@ -18,7 +18,7 @@ import pytest
 from pgvector.psycopg import register_vector
 
 from vectorize.service import dry_run
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import MODEL, create_job, embedding_count, load_descriptions, load_manpages, manpages, wait_for, wait_until
 

@@ -20,7 +20,7 @@ from vectorize.cli.serve import model_catalog, prepare_database, serve
 from vectorize.db.database import publish_models
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.paths import MODELS_DIR
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .fake_openai import KEY, serve_fake_openai
 from .helpers import (

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vectorize.worker.loop import content_hash
+from vectorize.worker.batch import content_hash
 
 from .helpers import create_job, queue_depth, wait_until
 

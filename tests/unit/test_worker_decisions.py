@@ -12,7 +12,8 @@ import numpy as np
 
 from vectorize.config import Settings
 from vectorize.core.scheduler import Lane
-from vectorize.worker.loop import Worker, content_hash
+from vectorize.worker.batch import content_hash
+from vectorize.worker.loop import Worker
 
 from .memory_store import FakeCatalog, FakeEmbedder, MemoryStore, vector
 
