@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.corpus import load_texts  # noqa: E402
-from vectorize.embedding.build.tuning import cpu_description, cpu_flags  # noqa: E402
+from vectorize.embedding.build.tuning_records import cpu_description, cpu_flags  # noqa: E402
 from vectorize.embedding.registry import ensure_exported, load_encoder, load_manifests, source_dir, write_manifest  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
 

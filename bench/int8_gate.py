@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vectorize.embedding.build.export import export_checkpoint
+from vectorize.embedding.build.quantize import quantize_int8
 from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.build.tuning import (
     MEAN_COSINE,
@@ -47,7 +48,7 @@ from vectorize.embedding.build.tuning import (
     top_k_overlap,
 )
 from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, quantize_int8, source_dir
+from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"

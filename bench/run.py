@@ -33,7 +33,8 @@ from bench.long_documents import long_document_benchmarks, print_rows
 from vectorize.core.chunking import split_texts
 from vectorize.db.database import migrate, publish_models
 from vectorize.db.local_postgres import embedded_postgres
-from vectorize.embedding.build.tuning import cpu_description, cpu_flags, top_k_overlap
+from vectorize.embedding.build.tuning import top_k_overlap
+from vectorize.embedding.build.tuning_records import cpu_description, cpu_flags
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.registry import load_manifests, source_dir
 from vectorize.paths import MODELS_DIR

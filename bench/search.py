@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import embedded_database, scratch_database  # noqa: E402
 from vectorize.config import Settings  # noqa: E402
 from vectorize.db.database import make_pool  # noqa: E402
-from vectorize.embedding.build.tuning import cpu_description  # noqa: E402
+from vectorize.embedding.build.tuning_records import cpu_description  # noqa: E402
 from vectorize.embedding.catalog import ModelCatalog  # noqa: E402
 from vectorize.http.app import QUERIES, create_app  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vectorize.embedding.build.tuning import Tuner, TuningStore
+from vectorize.embedding.build.tuning import Tuner
+from vectorize.embedding.build.tuning_records import TuningStore
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.hub import Hub
 from vectorize.embedding.registry import load_manifests, source_dir

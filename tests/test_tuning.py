@@ -20,6 +20,7 @@ import pytest
 from vectorize.cli.serve import model_catalog
 from vectorize.config import Settings
 from vectorize.embedding.build.export import export_checkpoint
+from vectorize.embedding.build.quantize import quantize_int8
 from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.build.tuning import (
     MEAN_COSINE,
@@ -41,7 +42,7 @@ from vectorize.embedding.build.tuning import (
 )
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, quantize_int8, source_dir
+from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"

@@ -23,7 +23,8 @@ from vectorize.config import Settings
 from vectorize.db.database import connect, make_pool, migrate, publish_models
 from vectorize.db.local_postgres import start_local_postgres
 from vectorize.embedding import providers
-from vectorize.embedding.build.tuning import Tuner, TuningStore
+from vectorize.embedding.build.tuning import Tuner
+from vectorize.embedding.build.tuning_records import TuningStore
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog, ModelInfo
 from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.http.access import check_exposure

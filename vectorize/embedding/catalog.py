@@ -18,7 +18,8 @@ import numpy as np
 
 from vectorize.embedding import providers
 from vectorize.embedding.build.checkpoint import CheckpointInfo
-from vectorize.embedding.build.tuning import Tuner, TuningStore
+from vectorize.embedding.build.tuning import Tuner
+from vectorize.embedding.build.tuning_records import TuningStore
 from vectorize.embedding.encoder import TokenCounter
 from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.embedding.hub import REPO_NAME, Hub, HubModelRefused
