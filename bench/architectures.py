@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpus import load_texts  # noqa: E402
 from vectorize.embedding.build.tuning_records import cpu_description, cpu_flags  # noqa: E402
-from vectorize.embedding.registry import ensure_exported, load_encoder, load_manifests, source_dir, write_manifest  # noqa: E402
+from vectorize.embedding.manifests import ensure_exported, load_encoder, load_manifests, source_dir, write_manifest  # noqa: E402
 from vectorize.paths import MODELS_DIR  # noqa: E402
 
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"

@@ -40,15 +40,15 @@ from vectorize.embedding.build.tuning import (
     MIN_COSINE,
     MIN_TOP10_OVERLAP,
     TOP10_MARGIN,
-    cpu_description,
     int8_variants,
     load_calibration_texts,
     load_tuning_texts,
     short_texts,
     top_k_overlap,
 )
+from vectorize.embedding.build.tuning_records import cpu_description
 from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.registry import Int8Variant, ModelManifest, export_paths, load_manifests, source_dir
+from vectorize.embedding.manifests import Int8Variant, ModelManifest, export_paths, load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"

@@ -36,7 +36,7 @@ from vectorize.db.local_postgres import embedded_postgres
 from vectorize.embedding.build.tuning import top_k_overlap
 from vectorize.embedding.build.tuning_records import cpu_description, cpu_flags
 from vectorize.embedding.catalog import ModelCatalog
-from vectorize.embedding.registry import load_manifests, source_dir
+from vectorize.embedding.manifests import load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent

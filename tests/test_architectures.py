@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from vectorize.embedding.build.checkpoint import read_checkpoint_info
-from vectorize.embedding.registry import ModelManifest, load_encoder, write_manifest
+from vectorize.embedding.manifests import ModelManifest, load_encoder, write_manifest
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_models"
 CHECKPOINTS = sorted(p.name for p in TINY.iterdir() if (p / "reference.json").exists())
@@ -102,7 +102,7 @@ def test_every_model_s_int8_variant_goes_through_the_quality_gate(name: str, tmp
     """A model added from a directory (or the hub) gets an int8 sibling whose graphs tuning builds
     and gates against the model's fp32 graph; the chosen one passes the gate (or is fp32)."""
     from vectorize.embedding.build.tuning import FP32_FALLBACK, Tuner, TuningPlan, TuningStore
-    from vectorize.embedding.registry import load_manifests
+    from vectorize.embedding.manifests import load_manifests
 
     write_manifest(TINY / name, f"tiny/{name}", tmp_path)
     manifest = load_manifests(tmp_path)[f"tiny/{name}-int8"]
@@ -127,7 +127,7 @@ def test_every_model_s_int8_variant_goes_through_the_quality_gate(name: str, tmp
 def test_a_model_whose_int8_graphs_all_fail_the_gate_runs_in_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gate no graph can pass (minimum cosine above 1): the int8 name runs the fp32 graph."""
     from vectorize.embedding.build import tuning
-    from vectorize.embedding.registry import load_manifests
+    from vectorize.embedding.manifests import load_manifests
 
     monkeypatch.setattr(tuning, "MIN_COSINE", 1.01)
     write_manifest(TINY / "bert-mean-prompts", "tiny/strict", tmp_path)

@@ -65,7 +65,7 @@ def test_export_and_check_a_local_checkpoint_directory(tmp_path) -> None:
     import subprocess
     import sys
 
-    from vectorize.embedding.registry import ModelManifest, source_dir
+    from vectorize.embedding.manifests import ModelManifest, source_dir
     from vectorize.paths import MODELS_DIR
 
     checkpoint = tmp_path / "my-minilm"
@@ -100,7 +100,7 @@ def test_a_changed_manifest_is_exported_again(tmp_path) -> None:
     must not keep serving the old graph."""
     from dataclasses import replace
 
-    from vectorize.embedding.registry import ensure_exported, is_exported, load_manifests
+    from vectorize.embedding.manifests import ensure_exported, is_exported, load_manifests
     from vectorize.paths import MODELS_DIR
 
     manifest = load_manifests(MODELS_DIR)[MODEL]

@@ -18,7 +18,7 @@ from vectorize.embedding.build.tuning import Tuner
 from vectorize.embedding.build.tuning_records import TuningStore
 from vectorize.embedding.catalog import ModelCatalog
 from vectorize.embedding.hub import Hub
-from vectorize.embedding.registry import load_manifests, source_dir
+from vectorize.embedding.manifests import load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 from .fake_hub import FakeHub

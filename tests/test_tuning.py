@@ -26,23 +26,25 @@ from vectorize.embedding.build.tuning import (
     MEAN_COSINE,
     MIN_COSINE,
     MIN_TOP10_OVERLAP,
-    EngineSettings,
     Tuner,
     TuningPlan,
-    TuningRecord,
-    TuningStore,
-    cpu_flags,
-    cpu_identity,
-    default_settings,
     int8_variants,
     layouts,
     load_calibration_texts,
     load_tuning_texts,
     top_k_overlap,
 )
+from vectorize.embedding.build.tuning_records import (
+    EngineSettings,
+    TuningRecord,
+    TuningStore,
+    cpu_flags,
+    cpu_identity,
+    default_settings,
+)
 from vectorize.embedding.catalog import DEFAULT_MODEL, ModelCatalog
 from vectorize.embedding.encoder import Encoder
-from vectorize.embedding.registry import Int8Variant, export_paths, load_manifests, source_dir
+from vectorize.embedding.manifests import Int8Variant, export_paths, load_manifests, source_dir
 from vectorize.paths import MODELS_DIR
 
 INT8_MODEL = "sentence-transformers/all-MiniLM-L6-v2-int8"

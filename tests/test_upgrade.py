@@ -129,11 +129,11 @@ def test_a_changed_function_reaches_an_existing_database_on_the_next_start(
     make_job(db_url)
     changed = tmp_path / "sql"
     shutil.copytree(SQL_DIR, changed)
-    worker_sql = changed / "functions" / "03_worker.sql"
+    worker_sql = changed / "functions" / "04_worker.sql"
     worker_sql.write_text(
         worker_sql.read_text().replace("    v_written int;\nbegin\n", "    v_written int;\nbegin\n    -- changed by hand\n", 1)
     )
-    jobs_sql = changed / "functions" / "02_jobs.sql"
+    jobs_sql = changed / "functions" / "03_jobs.sql"
     jobs_sql.write_text(jobs_sql.read_text().replace("-- A failed job stops collecting work", "-- generated anew", 1))
     with psycopg.connect(db_url) as conn:
         version_before = conn.execute("select objects_version from vectorize.job").fetchone()[0]

@@ -73,7 +73,7 @@ create table if not exists vectorize.failure (
 );
 insert into vectorize.migration (name) values ('0001_schema.sql');
 
--- ==== 0002_jobs.sql
+-- ==== 0003_jobs.sql
 -- Job validation and the objects each job owns.
 --
 -- The rules live here, not in the API, so `INSERT INTO vectorize.job` from psql
@@ -382,9 +382,9 @@ begin
     end if;
     return v_id;
 end $$;
-insert into vectorize.migration (name) values ('0002_jobs.sql');
+insert into vectorize.migration (name) values ('0003_jobs.sql');
 
--- ==== 0003_worker.sql
+-- ==== 0004_worker.sql
 -- What the worker runs against a job's tables. Each function builds its
 -- statement from the job row with format('%I'), so the worker never glues
 -- identifiers together in Python.
@@ -528,9 +528,9 @@ begin
        and (f.pk in (select s.pk from pg_temp.vectorize_staging s) or f.pk = any(p_gone));
     return v_written;
 end $$;
-insert into vectorize.migration (name) values ('0003_worker.sql');
+insert into vectorize.migration (name) values ('0004_worker.sql');
 
--- ==== 0004_search.sql
+-- ==== 0005_search.sql
 -- Search: nearest source rows to a query vector, with optional column filters,
 -- fused with full-text matches. The API calls exactly this function, so psql
 -- users get the same results.
@@ -673,7 +673,7 @@ begin
         '_embeddings_' || j.job_name, vectorize._source(j), j.primary_key, v_filter)
     using p_query_embedding, p_num_results, nullif(p_query_text, ''), p_semantic_wt, p_fts_wt, p_rrf_k;
 end $$;
-insert into vectorize.migration (name) values ('0004_search.sql');
+insert into vectorize.migration (name) values ('0005_search.sql');
 
 -- ==== 0005_job_status.sql
 -- Job progress for operators: counts per job and the vectorize.job_status view.

@@ -38,7 +38,7 @@ def test_help_lists_every_setting() -> None:
 
 def test_ranking_defaults_have_one_home() -> None:
     """The SQL function's defaults are the ones search.RANKING_OPTIONS names."""
-    body = (SQL / "functions" / "04_search.sql").read_text()
+    body = (SQL / "functions" / "05_search.sql").read_text()
     for name, default in RANKING_OPTIONS.items():
         found = re.search(rf"p_{name}\s+float8\s+default\s+([\d.]+)", body)
         assert found and float(found.group(1)) == default

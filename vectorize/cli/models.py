@@ -47,7 +47,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     from vectorize.cli.serve import model_catalog
     from vectorize.embedding.errors import EmbedderUnavailable
     from vectorize.embedding.hub import HubModelRefused, human_size
-    from vectorize.embedding.registry import ensure_exported
+    from vectorize.embedding.manifests import ensure_exported
 
     settings = settings_from(args)
     setup_logging(settings.log_level)
@@ -74,7 +74,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from vectorize.cli.serve import model_catalog
-    from vectorize.embedding.registry import export_paths, is_exported, load_manifests
+    from vectorize.embedding.manifests import export_paths, is_exported, load_manifests
 
     settings = settings_from(args)
     tuner = model_catalog(settings).tuner
@@ -96,7 +96,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_tune(args: argparse.Namespace) -> int:
     """Measure each model's engine settings on this machine now and store them (what the first start does)."""
     from vectorize.cli.serve import model_catalog
-    from vectorize.embedding.registry import load_manifests
+    from vectorize.embedding.manifests import load_manifests
 
     settings = settings_from(args)
     setup_logging(settings.log_level)
@@ -124,7 +124,7 @@ def cmd_models_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_models_export(args: argparse.Namespace) -> int:
-    from vectorize.embedding.registry import ensure_exported, load_manifests, write_manifest
+    from vectorize.embedding.manifests import ensure_exported, load_manifests, write_manifest
 
     settings = settings_from(args)
     if args.source:
@@ -148,7 +148,7 @@ def cmd_models_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from vectorize.embedding.registry import check_against_reference, load_encoder, load_manifests
+    from vectorize.embedding.manifests import check_against_reference, load_encoder, load_manifests
 
     settings = settings_from(args)
     manifests = load_manifests(settings.models_dir)

@@ -23,8 +23,7 @@ from vectorize.embedding.build.tuning_records import TuningStore
 from vectorize.embedding.encoder import TokenCounter
 from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.embedding.hub import REPO_NAME, Hub, HubModelRefused
-from vectorize.embedding.providers import Kind
-from vectorize.embedding.registry import (
+from vectorize.embedding.manifests import (
     INT8_SUFFIX,
     ModelManifest,
     ModelUnavailable,
@@ -34,6 +33,7 @@ from vectorize.embedding.registry import (
     source_dir,
     write_manifest,
 )
+from vectorize.embedding.providers import Kind
 from vectorize.embedding.remote import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, PREFIX, RemoteEmbedder, RemoteEmbeddingError
 
 log = logging.getLogger(__name__)

@@ -110,6 +110,9 @@ def _health_responses(good: str, bad: str) -> dict[str, Any]:
     return {"200": _json(health, good), "503": _json(health, bad), "401": _errors()["401"]}
 
 
+#: The body of a create or a redefinition: a job definition.
+_JOB_BODY = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}}}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -271,10 +274,7 @@ SPEC: dict[str, Any] = {
             "post": {
                 "summary": "Create a job (idempotent for an identical definition)",
                 "parameters": [_DRY_RUN],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}},
-                },
+                "requestBody": _JOB_BODY,
                 "responses": {
                     "200": _json(
                         {
@@ -309,10 +309,7 @@ SPEC: dict[str, Any] = {
             "put": {
                 "summary": "Redefine a job online: a new generation is built beside the serving one, then switched to",
                 "parameters": [_DRY_RUN],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJob"}}},
-                },
+                "requestBody": _JOB_BODY,
                 "responses": {
                     "200": _json(
                         {"oneOf": [{"$ref": "#/components/schemas/Redefinition"}, {"$ref": "#/components/schemas/DryRun"}]},

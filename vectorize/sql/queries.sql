@@ -124,7 +124,7 @@ select generation, model, chunking, chunk_tokens, chunk_overlap, serving from ve
 select pk, content, source_updated_at, stored_hashes, fts_stale from vectorize.read_rows(%(job_id)s, %(generation)s, %(pks)s);
 
 -- name: create_staging
--- One line per chunk of each row of a batch (03_worker.sql).
+-- One line per chunk of each row of a batch (04_worker.sql).
 select vectorize.create_staging();
 
 -- name: clear_staging
@@ -302,7 +302,7 @@ select pg_advisory_unlock(hashtext(%(key)s));
 select pg_catalog.set_config('statement_timeout', %(timeout)s, false);
 
 -- name: sync_partitions
--- Capture triggers on partitions attached since, none left on partitions detached (02_jobs.sql).
+-- Capture triggers on partitions attached since, none left on partitions detached (03_jobs.sql).
 select job_name from vectorize.sync_partitions() as job_name;
 
 -- name: set_lock_timeout

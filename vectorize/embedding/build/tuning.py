@@ -47,7 +47,7 @@ import onnxruntime as ort
 from vectorize.embedding.encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
 from vectorize.embedding.build.export import export_checkpoint
 from vectorize.embedding.build.quantize import quantize_int8
-from vectorize.embedding.registry import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, source_dir
+from vectorize.embedding.manifests import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, source_dir
 from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
 from vectorize.embedding.build.tuning_records import EngineSettings, default_settings, cpu_identity, TuningRecord, TuningStore
 

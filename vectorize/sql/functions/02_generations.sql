@@ -1,7 +1,7 @@
 -- Generations: a redefined job is built as a second embeddings table beside the serving one,
 -- switched to in one transaction when complete, and the one it replaced is kept for rollback.
 -- The job row always holds the serving definition; vectorize.generation the other one.
--- (Started by vectorize._redefine_job in 02_jobs.sql; fed by every batch of the worker.)
+-- (Started by vectorize._redefine_job in 03_jobs.sql; fed by every batch of the worker.)
 
 -- Create the generation that will replace the serving one for definition d (replacing any other
 -- generation the job kept: a build in progress, or the previous one kept for rollback). When the

@@ -275,14 +275,10 @@ begin
         new.objects_version := null;  -- the capture function must write the new generation too
     end if;
     -- The job row keeps describing what serves until the switch.
-    new.src_columns := old.src_columns;
-    new.update_time_col := old.update_time_col;
-    new.model := old.model;
-    new.chunking := old.chunking;
-    new.chunk_tokens := old.chunk_tokens;
-    new.chunk_overlap := old.chunk_overlap;
-    new.language := old.language;
-    new.dimension := old.dimension;
+    select old.src_columns, old.update_time_col, old.model, old.chunking, old.chunk_tokens, old.chunk_overlap,
+           old.language, old.dimension
+      into new.src_columns, new.update_time_col, new.model, new.chunking, new.chunk_tokens, new.chunk_overlap,
+           new.language, new.dimension;
     return new;
 end $$;
 
@@ -349,7 +345,7 @@ begin
             -- Keys are queued as text in one canonical form, whatever the writer's session says:
             -- a timestamptz, date, float or bytea key renders differently under another TimeZone,
             -- DateStyle, extra_float_digits or bytea_output, and would then match no row when the
-            -- worker (pinned to the same settings in 03_worker.sql) reads it back.
+            -- worker (pinned to the same settings in 04_worker.sql) reads it back.
             set TimeZone = 'UTC' set DateStyle = 'ISO, YMD' set IntervalStyle = 'postgres' set bytea_output = 'hex' set extra_float_digits = 3 as $body$
         declare
             queued bigint := 0;

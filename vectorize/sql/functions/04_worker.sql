@@ -4,7 +4,7 @@
 --
 -- Every function here that turns a key into text or text into a key pins the settings that
 -- decide the text form (TimeZone, DateStyle, IntervalStyle, bytea_output, extra_float_digits)
--- to the values the capture triggers use (02_jobs.sql): a key queued by a writer in Asia/Kolkata
+-- to the values the capture triggers use (03_jobs.sql): a key queued by a writer in Asia/Kolkata
 -- with DateStyle 'SQL, DMY' is the same text the worker reads back, whatever either session says.
 
 -- One page of the keyset scan that backfills a job and reconciles it after
