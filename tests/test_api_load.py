@@ -16,6 +16,7 @@ from .helpers import create_job, embedding_count, queue_depth, wait_until
 WAITERS = 20
 
 
+@pytest.mark.slow
 async def test_twenty_searches_waiting_for_sync_leave_the_api_answering(conn, products, api, start_worker) -> None:
     create_job(conn)
     conn.execute("create table backlog (id int primary key, body text, updated_at timestamptz not null default now())")

@@ -113,6 +113,7 @@ def test_a_changed_manifest_is_exported_again(tmp_path) -> None:
     assert is_exported(changed, tmp_path) and (tmp_path / manifest.slug / "export.sha256").read_text() != stamp
 
 
+@pytest.mark.slow
 def test_int8_keeps_quality_and_neighbours_on_real_descriptions(catalog: ModelCatalog) -> None:
     """The issue's int8 targets on 1000 of the benchmark's package descriptions. fp32 stands in
     for sentence-transformers here (the reference test above pins it at cosine >= 0.9999);

@@ -277,6 +277,7 @@ async def test_redefinition_rules_and_errors(conn, products, api) -> None:
     assert conn.execute("select count(*) as n from vectorize.generation").fetchone()["n"] == 0
 
 
+@pytest.mark.slow
 async def test_dry_run_creates_nothing_and_estimates_the_work(conn, api, start_worker, catalog, monkeypatch) -> None:
     """Sampled estimate (the table is larger than the exact limit here) within 10% of the real
     work: rows, chunks, and tokens counted with the model's tokenizer on what was stored."""

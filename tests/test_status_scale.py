@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 import time
 
+import pytest
+
 from .helpers import create_job, wait_for
 
 ROWS = 1_000_000
@@ -27,6 +29,7 @@ def _fill_embeddings(conn, job: str, rows: int) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_status_of_a_million_row_job_answers_in_under_100_ms(api, conn) -> None:
     conn.execute("create table big (id bigint primary key, body text not null, updated_at timestamptz not null default now())")
     conn.execute("insert into big (id, body) select i, 'row ' || i from generate_series(1, %s) i", (ROWS,))

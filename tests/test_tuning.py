@@ -168,6 +168,7 @@ def test_a_choice_stored_at_install_time_is_reused_by_a_service_with_a_state_dir
     assert not (state / "tuned" / "records.json").exists()
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_fastest_variant_inside_the_quality_gate(tmp_path: Path) -> None:
     manifest = load_manifests(MODELS_DIR)[INT8_MODEL]
     settings, graph = quick_tuner(tmp_path).settings_for(manifest)
@@ -281,6 +282,7 @@ def smoothing_bench(tmp_path_factory: pytest.TempPathFactory) -> SmoothingBench:
     return SmoothingBench(folder, fp32, smoothed, ranges, embed(fp32), embed)
 
 
+@pytest.mark.slow
 def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(smoothing_bench: SmoothingBench) -> None:
     """Smoothing only moves scale between activations and weights: the fp32 graph computes the
     same embeddings on every CPU; quantised, every layer int8, it is nearer the fp32 output than
@@ -295,6 +297,7 @@ def test_smoothing_keeps_the_function_and_makes_all_int8_closer_to_fp32(smoothin
         assert top_k_overlap(reference, better, 10) >= top_k_overlap(reference, plain, 10), weights
 
 
+@pytest.mark.slow
 def test_outlier_channels_in_fp32_keep_the_function_and_bring_all_int8_closer_than_smoothing(
     smoothing_bench: SmoothingBench,
 ) -> None:
