@@ -8,7 +8,6 @@ from pathlib import Path
 
 from vectorize.embedding.build.smoothing import OUTLIER_SUFFIX
 
-
 #: How int8 GEMM weights are stored, and why each exists. onnxruntime multiplies uint8
 #: activations by int8 weights; with VNNI (``vpdpbusd``) it sums the products in 32 bits, exactly.
 #: Without VNNI (AVX2, AVX-512 before Cascade Lake) it adds pairs of products in 16 bits with
@@ -71,5 +70,3 @@ def _quantize(fp32_path: Path, tmp: Path, exclude: list[str], weights: str) -> N
         # Types of tensors produced by onnxruntime's fused operators, which shape inference cannot see.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-
-

@@ -26,30 +26,25 @@ install time into a folder the service later only reads.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
-import platform
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import onnxruntime as ort
 
-from vectorize.embedding.encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
 from vectorize.embedding.build.export import export_checkpoint
 from vectorize.embedding.build.quantize import quantize_int8
-from vectorize.embedding.manifests import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, source_dir
 from vectorize.embedding.build.smoothing import activation_ranges, smooth_graph
-from vectorize.embedding.build.tuning_records import EngineSettings, default_settings, cpu_identity, TuningRecord, TuningStore
+from vectorize.embedding.build.tuning_records import EngineSettings, TuningRecord, TuningStore, cpu_identity, default_settings
+from vectorize.embedding.encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
+from vectorize.embedding.manifests import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, source_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +60,8 @@ MIN_COSINE, MEAN_COSINE, MIN_TOP10_OVERLAP = 0.98, 0.995, 0.9
 #: samples (0.9952-0.9956 there, 0.9950-0.9954 on 5,000; the smoothed variant 0.9963 there, 0.9972
 #: on 2,000): a margin of 0.001 is over twice the largest drop measured.
 MEAN_COSINE_MARGIN, TOP10_MARGIN = 0.001, 0.02
+
+
 @dataclass(frozen=True)
 class TuningPlan:
     """The candidates and how much text times them; tests shrink it."""

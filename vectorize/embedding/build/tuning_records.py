@@ -7,13 +7,12 @@ import fcntl
 import json
 import os
 import platform
-
-import onnxruntime as ort
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+import onnxruntime as ort
 
 from vectorize.embedding.encoder import DEFAULT_TOKEN_BUDGET
 from vectorize.embedding.manifests import Int8Variant
@@ -179,5 +178,3 @@ class TuningStore:
         for graph in folder.glob("*/model-*.onnx"):
             if str(graph.relative_to(folder)) not in named:
                 graph.unlink(missing_ok=True)
-
-
