@@ -255,7 +255,7 @@ async def test_a_listener_that_dies_of_anything_is_restarted(conn, products, sta
             yield item
 
     handle.worker.store.notifications = broken_once  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR, logger="vectorize.worker.loop"):
+    with caplog.at_level(logging.ERROR, logger="vectorize.worker"):
         # Kill the current listener connection; the supervisor restarts it, the first restart dies of a bug.
         conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'listen%%'")
         await wait_until(lambda: calls >= 2, timeout=15)

@@ -31,7 +31,8 @@ from vectorize.http.access import check_exposure
 from vectorize.http.app import HTTP_PARSER_LIMITS, api_tokens, create_app
 from vectorize.worker.loop import Worker
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.service")
 
 #: Seconds the worker's batches may take to roll back and its connections to close after
 #: SIGTERM. Inference in flight is aborted at once (between two inference calls, each well

@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.systemd")
 
 
 def notify(message: str, env: dict[str, str] | None = None) -> bool:

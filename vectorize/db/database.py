@@ -19,7 +19,8 @@ from vectorize.core.errors import Forbidden
 from vectorize.db.queries import function_files, migration_files, query
 from vectorize.embedding.catalog import ModelInfo
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.db")
 
 #: The daemon's connections: rows as dicts (column name -> value).
 Connection = psycopg.AsyncConnection[DictRow]

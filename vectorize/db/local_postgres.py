@@ -12,7 +12,8 @@ from psycopg import sql
 
 from vectorize.db.queries import query
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.local_postgres")
 
 DATABASE = "vectorize"
 

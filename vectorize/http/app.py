@@ -41,7 +41,8 @@ from vectorize.service.dry_run import plan
 from vectorize.service.provider_models import ensure_registered
 from vectorize.service.query_embedding import QueryEmbedder
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.api")
 
 
 def _dry_run(request: web.Request) -> bool:

@@ -29,7 +29,8 @@ from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.http.access import DAEMON, Principal, Tokens, is_loopback
 from vectorize.service.query_embedding import QueryEmbedder
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.api")
 
 POOL = web.AppKey("pool", psycopg_pool.AsyncConnectionPool[Connection])
 CATALOG = web.AppKey("catalog", ModelCatalog)

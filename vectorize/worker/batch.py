@@ -30,7 +30,8 @@ from vectorize.embedding.catalog import Embedder
 from vectorize.embedding.errors import EmbedderUnavailable
 from vectorize.worker.retry import Blame, RetryPolicy
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.worker")
 
 #: [CLS] and [SEP]: the tokens a BERT-family model adds to every text, inside its window.
 SPECIAL_TOKENS = 2

@@ -31,7 +31,8 @@ from vectorize.embedding.errors import EmbeddingAborted
 from vectorize.worker.batch import BatchRunner, CatalogLike, first_line
 from vectorize.worker.retry import SOURCE_BROKEN
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.worker")
 
 #: How a pause for an unreadable source starts its reason (vectorize._sync_state reads it).
 SOURCE_WAIT_PREFIX = "the job's source cannot be read now"

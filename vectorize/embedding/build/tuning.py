@@ -46,7 +46,8 @@ from vectorize.embedding.build.tuning_records import EngineSettings, TuningRecor
 from vectorize.embedding.encoder import BATCHES_IN_FLIGHT, DEFAULT_TOKEN_BUDGET, Encoder
 from vectorize.embedding.manifests import Int8Variant, ModelManifest, ensure_exported, export_fingerprint, source_dir
 
-log = logging.getLogger(__name__)
+#: The logger keeps the name it has had since the first release (operators filter on it).
+log = logging.getLogger("vectorize.embedding.tuning")
 
 #: A candidate tuning times: engine settings, or an int8 graph.
 K = TypeVar("K", bound=Hashable)
