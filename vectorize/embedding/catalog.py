@@ -168,7 +168,7 @@ class ModelCatalog:
         if name in self.manifests or name in self._embedders or not self.hub_model(name):
             return None
         repo, info = self._hub_repo(name)
-        size = self.hub.download_size(repo)  # before the tokenizer is fetched, which it counts
+        size = self.hub.download_size(repo, info)  # before the tokenizer is fetched, which it counts
         tokenizer = self.hub.tokenizer(repo)
         return PendingDownload(repo, size, info.max_tokens, TokenCounter(tokenizer) if tokenizer is not None else None)
 
@@ -176,18 +176,17 @@ class ModelCatalog:
         """Fetch a hub model's files and describe them in manifests in the models dir (where the
         next start finds them): the model and its int8 variant. Its architecture is checked from
         the configuration files before any weights are fetched."""
-        repo, _ = self._hub_repo(name)
+        repo, info = self._hub_repo(name)
         log.info("event=hub_model_fetching model=%s", repo)
-        folder = self.hub.fetch(repo)
-        write_manifest(folder, repo, self.models_dir, slug=repo.replace("/", "--"))
+        folder = self.hub.fetch(repo, info)
+        fp32 = write_manifest(folder, repo, self.models_dir, slug=repo.replace("/", "--"))
         log.info("event=hub_model_fetched model=%s path=%s", repo, folder)
-        manifest = load_manifests(self.models_dir)[name]
         self._exporting.add(name)  # the fp32 graph now, in this background fetch, not in the job's first batch
         try:
-            ensure_exported(load_manifests(self.models_dir)[repo], self.models_dir)
+            ensure_exported(fp32, self.models_dir)
         finally:
             self._exporting.discard(name)
-        return manifest
+        return fp32 if name == repo else load_manifests(self.models_dir)[name]
 
     def remote_protocol(self, name: str) -> providers.Protocol | None:
         """The provider that runs ``name`` (``<prefix>/<model>``), or None when none is configured."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vectorize.embedding.build.architectures import SUPPORTED
+from vectorize.embedding.build.architectures import SUPPORTED, UnsupportedArchitecture
 from vectorize.embedding.build.checkpoint import CheckpointInfo, read_checkpoint_info, weight_files
 from vectorize.embedding.errors import EmbedderUnavailable
 
@@ -22,6 +22,11 @@ CONFIG_FILES = ["config.json", "modules.json", "sentence_bert_config.json", "con
 RUN_FILES = ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
 #: ``<org>/<name>`` as the hub spells repositories.
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _files(info: CheckpointInfo) -> list[str]:
+    """What a model is fetched with: its configuration, what runs it, its Dense layers' weights."""
+    return CONFIG_FILES + RUN_FILES + weight_files(info)
 
 
 class HubModelRefused(ValueError):
@@ -79,16 +84,14 @@ class Hub:
         current = self._progress.get(name)
         return current.describe() if current else ""
 
-    def download_size(self, name: str) -> int | None:
-        """Bytes a model still needs from the hub (0: all in the cache); None when the hub cannot
-        be asked (offline, unreachable)."""
+    def download_size(self, name: str, info: CheckpointInfo) -> int | None:
+        """Bytes the model ``describe`` gave ``info`` of still needs from the hub (0: all in the
+        cache); None when the hub cannot be asked (offline, unreachable)."""
         from huggingface_hub import snapshot_download
 
         try:
-            dense = weight_files(self.describe(name))
-            patterns = CONFIG_FILES + RUN_FILES + dense
             planned = snapshot_download(
-                name, allow_patterns=patterns, cache_dir=self.cache_dir, endpoint=self.endpoint, dry_run=True
+                name, allow_patterns=_files(info), cache_dir=self.cache_dir, endpoint=self.endpoint, dry_run=True
             )
         except Exception:  # offline, unreachable, refused: the size is unknown, which the caller says
             return None
@@ -139,23 +142,23 @@ class Hub:
         data = json.loads(config.read_text())
         if data.get("auto_map"):
             raise HubModelRefused(f"model {name} needs custom code (auto_map), which vectorize never runs")
+        kind = data.get("model_type") or "unknown"
         try:
             return read_checkpoint_info(folder)
+        except UnsupportedArchitecture as exc:  # its words list the supported architectures
+            raise HubModelRefused(f"model {name} ({kind}) cannot run here: {exc}") from None
         except ValueError as exc:
-            kind = data.get("model_type") or "unknown"
-            supported = "" if "supported:" in str(exc) else f"; supported architectures: {SUPPORTED}"
-            raise HubModelRefused(f"model {name} ({kind}) cannot run here: {exc}{supported}") from None
+            raise HubModelRefused(f"model {name} ({kind}) cannot run here: {exc}; supported architectures: {SUPPORTED}") from None
 
-    def fetch(self, name: str) -> Path:
-        """Every file the model runs from, in the hub cache; the folder they are in. While it runs,
-        ``progress(name)`` says how far it is."""
-        dense = weight_files(self.describe(name))
-        progress = self._progress[name] = Progress(total=None if self.offline else self.download_size(name))
+    def fetch(self, name: str, info: CheckpointInfo) -> Path:
+        """Every file the model (``describe``'s ``info``) runs from, in the hub cache; the folder they
+        are in. While it runs, ``progress(name)`` says how far it is."""
+        progress = self._progress[name] = Progress(total=None if self.offline else self.download_size(name, info))
         try:
-            folder = self._snapshot(name, CONFIG_FILES + RUN_FILES + dense, progress)
+            folder = self._snapshot(name, _files(info), progress)
         finally:
             del self._progress[name]
-        missing = [f for f in ("model.safetensors", "tokenizer.json", *dense) if not (folder / f).exists()]
+        missing = [f for f in ("model.safetensors", "tokenizer.json", *weight_files(info)) if not (folder / f).exists()]
         if missing:
             raise HubModelRefused(f"model {name} has no {' or '.join(missing)} on the hub (safetensors weights are required)")
         return folder

@@ -232,13 +232,17 @@ ARCHITECTURES: dict[str, Architecture] = {
 SUPPORTED = ", ".join(a.label for a in ARCHITECTURES.values())
 
 
+class UnsupportedArchitecture(ValueError):
+    """A model_type the exporter does not build; the message lists the ones it does."""
+
+
 def architecture(config: dict[str, Any]) -> Architecture:
     """The config's architecture (a checkpoint without ``model_type`` is taken as BERT); a
     ValueError that names it and lists the supported ones otherwise, or for an activation
     other than exact GELU."""
     kind = config.get("model_type") or "bert"
     if kind not in ARCHITECTURES:
-        raise ValueError(f"model_type {kind!r} is not supported; supported: {SUPPORTED}")
+        raise UnsupportedArchitecture(f"model_type {kind!r} is not supported; supported: {SUPPORTED}")
     activation = config.get("hidden_act", config.get("activation", "gelu"))
     if activation != "gelu":
         raise ValueError(f"hidden_act {activation!r} is not supported (need gelu)")

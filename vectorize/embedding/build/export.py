@@ -256,28 +256,25 @@ def build_graph(
     return model
 
 
-def load_checkpoint(model_dir: Path) -> tuple[EncoderWeights, list[dict[str, np.ndarray]]]:
-    """The encoder's weights in their canonical form, and each Dense layer's."""
-    info = read_checkpoint_info(model_dir)
-    weights_file = model_dir / "model.safetensors"
+def _safetensors(folder: Path) -> dict[str, np.ndarray]:
+    weights_file = folder / "model.safetensors"
     if not weights_file.exists():
-        raise FileNotFoundError(f"{model_dir}: no model.safetensors (export needs safetensors weights)")
+        raise FileNotFoundError(f"{folder}: no model.safetensors (export needs safetensors weights)")
+    return load_safetensors(weights_file)
+
+
+def load_checkpoint(model_dir: Path, info: CheckpointInfo) -> tuple[EncoderWeights, list[dict[str, np.ndarray]]]:
+    """The encoder's weights in their canonical form, and those of each Dense layer ``info`` names."""
     config = json.loads((model_dir / "config.json").read_text())
     arch = architecture(config)
-    enc = arch.weights(strip_prefix(load_safetensors(weights_file), arch), config)
-    dense = []
-    for layer in info.dense:
-        dense_file = model_dir / layer.path / "model.safetensors"
-        if not dense_file.exists():
-            raise FileNotFoundError(f"{model_dir / layer.path}: no model.safetensors (export needs safetensors weights)")
-        dense.append(load_safetensors(dense_file))
-    return enc, dense
+    enc = arch.weights(strip_prefix(_safetensors(model_dir), arch), config)
+    return enc, [_safetensors(model_dir / layer.path) for layer in info.dense]
 
 
 def export_checkpoint(model_dir: Path, out_path: Path, *, fused: bool = True) -> CheckpointInfo:
     """Export ``model_dir`` to ``out_path`` atomically; returns what was exported."""
     info = read_checkpoint_info(model_dir)
-    enc, dense = load_checkpoint(model_dir)
+    enc, dense = load_checkpoint(model_dir, info)
     model = build_graph(enc, info, dense_weights=dense, fused=fused)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")

@@ -330,10 +330,10 @@ class Tuner:
         if best is None:  # no int8 graph is good enough on this CPU: the model runs in fp32
             log.warning("event=int8_gate_failed model=%s fallback=fp32", manifest.name)
             best = FP32_FALLBACK
-            graphs[best] = graphs[next(iter(graphs))][0], fp32_path.rename(model_folder / _graph_name(best))
+            chosen = fp32_path.rename(model_folder / _graph_name(best))
         else:
             fp32_path.unlink()
-        chosen = graphs[best][1]
+            chosen = graphs[best][1]
         for path in built:
             if path != chosen:
                 path.unlink(missing_ok=True)
